@@ -1,0 +1,30 @@
+"""iotdtls: a pure-Python DTLS 1.2 stack for the RFC 7925 IoT profile (PSK with AES-128-CCM-8)."""
+
+from .config import DTLSConfiguration
+from .connection import DTLSConnection, IdleTimeout
+from .constants import AlertDescription, CipherSuite
+from .errors import AlertError, ConnectionClosed, DTLSError, HandshakeTimeout, RemoteAlert
+from .events import AlertReceived, ConnectionTerminated, DataReceived, Event, HandshakeCompleted
+from .server import ConnectionReplaced, DTLSServer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlertDescription",
+    "AlertError",
+    "AlertReceived",
+    "CipherSuite",
+    "ConnectionClosed",
+    "ConnectionReplaced",
+    "ConnectionTerminated",
+    "DTLSConfiguration",
+    "DTLSConnection",
+    "DTLSError",
+    "DTLSServer",
+    "DataReceived",
+    "Event",
+    "HandshakeCompleted",
+    "HandshakeTimeout",
+    "IdleTimeout",
+    "RemoteAlert",
+]

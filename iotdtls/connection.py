@@ -1,0 +1,315 @@
+"""DTLSConnection: the sans-IO DTLS 1.2 endpoint for one peer.
+
+Feed it datagrams with :meth:`receive_datagram`, send what :meth:`datagrams_to_send` returns, arm one timer at
+:meth:`get_timer` and call :meth:`handle_timer` when it fires, and read :meth:`next_event`. Every method takes
+the current time ``now`` (seconds, any monotonic origin); nothing here reads a clock or a socket.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from .buffer import Buffer
+from .config import DTLSConfiguration
+from .constants import AlertDescription, AlertLevel, ContentType, HandshakeType
+from .errors import (AlertError, BadRecordMac, ConnectionClosed, DecodeError, DTLSError, HandshakeTimeout,
+                     InternalError, RemoteAlert, UnexpectedMessage)
+from .events import (AlertReceived, ConnectionTerminated, DataReceived, Event, HandshakeCompleted)
+from .handshake import CCS_TABLE, HANDSHAKING, PROTECTED_MESSAGES, WAITING_FINISHED, HandshakeLayer, State, expect
+from .messages import ClientHello
+from .reassembly import parse_fragments
+from .record import Record, split_records
+
+MAX_EARLY_DATA = 8
+
+
+class IdleTimeout(DTLSError):
+    """An established connection saw no authenticated record for ``idle_timeout`` seconds."""
+
+
+class DTLSConnection(HandshakeLayer):
+    """One DTLS association. Create it with a :class:`DTLSConfiguration`; clients call :meth:`connect`."""
+
+    def __init__(self, config: DTLSConfiguration, *, peer: object = None) -> None:
+        config.validate()
+        super().__init__(config)
+        self.peer = peer
+        self._events: deque[Event] = deque()
+        self._future: list[Record] = []
+        self._early_data: list[bytes] = []
+        self._hs_deadline: float | None = None
+        self._idle_deadline: float | None = None
+        self._retransmit_requested = False
+        self._min_trigger_interval = config.retransmit_initial / 4
+        self.error: Exception | None = None
+
+    # -- public API ------------------------------------------------------------------------------
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def is_established(self) -> bool:
+        return self._state is State.ESTABLISHED
+
+    @property
+    def is_handshaking(self) -> bool:
+        return self._state in HANDSHAKING
+
+    @property
+    def is_closed(self) -> bool:
+        return self._state is State.CLOSED
+
+    @property
+    def identity(self) -> bytes:
+        """The PSK identity this connection authenticated with (ours on a client, the peer's on a server)."""
+        return self._identity
+
+    @property
+    def cipher_suite(self) -> int:
+        return self._suite
+
+    @property
+    def client_random(self) -> bytes:
+        return self._client_random
+
+    @property
+    def max_payload(self) -> int:
+        """Largest application payload that fits one record within the datagram budget."""
+        return self._config.mtu - 13 - self._overhead(1)
+
+    def connect(self, now: float) -> None:
+        """Client: start the handshake by sending a ClientHello."""
+        if not self._config.is_client or self._state is not State.CLIENT_START:
+            raise DTLSError("connect() is for a new client connection")
+        self._client_random = self._config.random(32)
+        self._hs_deadline = now + self._config.handshake_timeout
+        self._send_client_hello(b"", now)
+
+    def accept(self, hello: ClientHello, body: bytes, message_seq: int, record_seq: int, now: float,
+               dummy_psk_key: bytes) -> None:
+        """Server: start from a ClientHello whose cookie the server front verified."""
+        if self._config.is_client or self._state is not State.SERVER_START:
+            raise DTLSError("accept() is for a new server connection")
+        self._hs_deadline = now + self._config.handshake_timeout
+        self._write_seq[0] = record_seq
+        self._dummy_psk_key = dummy_psk_key
+        self._guard(lambda: self._server_accept(hello, body, message_seq, now))
+
+    def send(self, data: bytes) -> None:
+        """Queue one application datagram; the connection must be established."""
+        if self._state is not State.ESTABLISHED:
+            raise ConnectionClosed("connection is not established")
+        if len(data) > self.max_payload:
+            raise ValueError(f"payload of {len(data)} bytes exceeds the record budget of {self.max_payload}")
+        self._out.append(self._write_record(1, ContentType.APPLICATION_DATA, data))
+
+    def close(self) -> None:
+        """Send close_notify (if established) and close; idempotent."""
+        if self._state is State.CLOSED:
+            return
+        if self._state is State.ESTABLISHED or self._write_epoch == 0:
+            self._send_alert(AlertLevel.WARNING, AlertDescription.close_notify)
+        self._terminate(None)
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        out, self._out = self._out, []
+        return out
+
+    def get_timer(self) -> float | None:
+        if self._state is State.CLOSED:
+            return None
+        times = [t for t in (self._timer_at, self._hs_deadline, self._idle_deadline) if t is not None]
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        if self._state is State.CLOSED:
+            return
+        if self._hs_deadline is not None and now >= self._hs_deadline:
+            self._terminate(HandshakeTimeout(f"handshake did not complete within "
+                                             f"{self._config.handshake_timeout:g} s "
+                                             f"({self.retransmissions} retransmissions)"))
+        elif self._idle_deadline is not None and now >= self._idle_deadline:
+            self._send_alert(AlertLevel.WARNING, AlertDescription.close_notify)
+            self._terminate(IdleTimeout(f"no traffic for {self._config.idle_timeout:g} s"))
+        elif self._timer_at is not None and now >= self._timer_at:
+            self._guard(lambda: self._retransmit(now, backoff=True))
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def receive_datagram(self, data: bytes, now: float) -> None:
+        if self._state is State.CLOSED:
+            return
+        self._retransmit_requested = False
+        self._guard(lambda: self._receive(data, now))
+
+    # -- internals -------------------------------------------------------------------------------
+    def _guard(self, action: object) -> None:
+        try:
+            action()  # type: ignore[operator]
+        except AlertError as exc:
+            self._fail(exc)
+        except Exception as exc:  # a bug must not escape as a traceback through the I/O layer
+            self._fail(InternalError(f"{type(exc).__name__}: {exc}"))
+
+    def _receive(self, data: bytes, now: float) -> None:
+        for record in split_records(data):
+            self._handle_record(record, now)
+            if self._state is State.CLOSED:
+                return
+        if self._retransmit_requested and self._state is not State.CLOSED:
+            self._retransmit(now, backoff=False)
+
+    def _handle_record(self, record: Record, now: float) -> None:
+        epoch = record.epoch
+        if epoch == self._read_epoch:
+            window = self._windows[epoch]
+            if not window.is_fresh(record.seq):
+                return
+            if epoch == 0:
+                payload: bytes | None = record.fragment
+            else:
+                assert self._read_cipher is not None
+                payload = self._read_cipher.unprotect(record)
+                if payload is None:
+                    if self._state in WAITING_FINISHED:
+                        # A Finished that fails authentication means the keys differ: fail fast.
+                        raise BadRecordMac("record failed authentication during the handshake")
+                    return  # RFC 6347 4.1.2.7: drop silently
+            window.mark(record.seq)
+            if epoch == 1 and self._config.idle_timeout is not None and self._state is State.ESTABLISHED:
+                self._idle_deadline = now + self._config.idle_timeout
+            self._dispatch(record.content_type, payload, epoch, now)
+        elif epoch == 1 and self._read_epoch == 0:
+            if self._state in HANDSHAKING and len(self._future) < self._config.max_buffered_records:
+                self._future.append(record)
+        elif epoch == 0 and self._read_epoch == 1 and record.content_type == ContentType.HANDSHAKE:
+            self._old_epoch_handshake(record.fragment, now)
+
+    def _old_epoch_handshake(self, payload: bytes, now: float) -> None:
+        """Epoch-0 handshake records after the switch: the peer retransmitting an older flight."""
+        try:
+            frags = parse_fragments(payload)
+        except DecodeError:
+            return
+        if any(f.message_seq < self._reasm.next_seq for f in frags):
+            self._peer_retransmitted(now)
+
+    def _dispatch(self, content_type: int, payload: bytes, epoch: int, now: float) -> None:
+        if content_type == ContentType.HANDSHAKE:
+            self._on_handshake(payload, epoch, now)
+        elif content_type == ContentType.APPLICATION_DATA:
+            self._on_application_data(payload, epoch)
+        elif content_type == ContentType.ALERT:
+            self._on_alert(payload)
+        else:
+            self._on_change_cipher_spec(payload)
+
+    def _on_handshake(self, payload: bytes, epoch: int, now: float) -> None:
+        reasm = self._reasm
+        for frag in parse_fragments(payload):
+            if frag.message_seq < reasm.next_seq:
+                self._peer_retransmitted(now)
+                continue
+            if self._state is State.ESTABLISHED or self._state is State.CLOSED:
+                self._refuse_renegotiation(frag.msg_type)
+                continue
+            reasm.add(frag, epoch)
+        while self._state in HANDSHAKING:
+            msg = reasm.pop()
+            if msg is None:
+                break
+            msg_type, body, msg_epoch = msg
+            if (msg_type in PROTECTED_MESSAGES) != (msg_epoch == 1):
+                raise UnexpectedMessage(f"handshake type {msg_type} in epoch {msg_epoch}")
+            expect((self._state, msg_type))(self, body, reasm.next_seq - 1, now)
+
+    def _refuse_renegotiation(self, msg_type: int) -> None:
+        if msg_type in (HandshakeType.HELLO_REQUEST, HandshakeType.CLIENT_HELLO):
+            self._send_alert(AlertLevel.WARNING, AlertDescription.no_renegotiation)
+        else:
+            raise UnexpectedMessage("handshake message after the handshake")
+
+    def _peer_retransmitted(self, now: float) -> None:
+        if self._flight and now - self._last_sent >= self._min_trigger_interval:
+            self._retransmit_requested = True
+
+    def _on_change_cipher_spec(self, payload: bytes) -> None:
+        if payload != b"\x01":
+            raise DecodeError("malformed ChangeCipherSpec")
+        handler = CCS_TABLE.get(self._state)
+        if handler is None or self._read_epoch != 0:
+            raise UnexpectedMessage(f"ChangeCipherSpec in state {self._state.name}")
+        handler(self)
+
+    def _activate_read_epoch(self) -> None:
+        self._read_cipher, self._next_read_cipher = self._next_read_cipher, None
+        self._read_epoch = 1
+        buffered, self._future = self._future, []
+        for record in buffered:
+            if self._state is State.CLOSED:
+                break
+            self._handle_record(record, self._last_sent)
+
+    def _on_application_data(self, payload: bytes, epoch: int) -> None:
+        if epoch != 1:
+            raise UnexpectedMessage("application data before the handshake")
+        if self._state is State.ESTABLISHED:
+            if self._flight and not self._config.is_client:
+                self._flight = []  # the client has our Finished: no more final-flight retransmissions
+            self._events.append(DataReceived(payload))
+        elif self._state in WAITING_FINISHED:
+            if len(self._early_data) < MAX_EARLY_DATA:
+                self._early_data.append(payload)  # overtook the Finished: deliver after it
+        else:
+            raise UnexpectedMessage("application data in state " + self._state.name)
+
+    def _on_alert(self, payload: bytes) -> None:
+        buf = Buffer(payload)
+        level, desc = buf.pull_uint8(), buf.pull_uint8()
+        if not buf.eof():
+            raise DecodeError("malformed alert")
+        try:
+            description: AlertDescription | int = AlertDescription(desc)
+        except ValueError:
+            description = desc
+        if desc == AlertDescription.close_notify:
+            if self._state is State.ESTABLISHED:
+                self._send_alert(AlertLevel.WARNING, AlertDescription.close_notify)
+            self._terminate(None)
+        elif level == AlertLevel.FATAL:
+            self._fail(RemoteAlert(AlertDescription(desc) if isinstance(description, AlertDescription)
+                                   else AlertDescription.internal_error))
+        else:
+            self._events.append(AlertReceived(level, description))
+
+    def _handshake_done(self) -> None:
+        self._state = State.ESTABLISHED
+        self._hs_deadline = None
+        if self._config.idle_timeout is not None:
+            self._idle_deadline = self._last_sent + self._config.idle_timeout
+        self._events.append(HandshakeCompleted(self._suite, self._identity, self._use_ems))
+        for data in self._early_data:
+            self._events.append(DataReceived(data))
+        self._early_data = []
+        self._psk = b""
+
+    def _fail(self, exc: AlertError) -> None:
+        if self._state is State.CLOSED:
+            return
+        if not exc.remote:
+            try:
+                self._send_alert(AlertLevel.FATAL, exc.description)
+            except DTLSError:
+                pass
+        self._terminate(exc)
+
+    def _terminate(self, error: Exception | None) -> None:
+        self._state = State.CLOSED
+        self.error = error
+        self._timer_at = self._hs_deadline = self._idle_deadline = None
+        self._flight = []
+        self._future = []
+        self._reasm.clear()
+        self._events.append(ConnectionTerminated(error))

@@ -1,0 +1,93 @@
+"""Code points of DTLS 1.2 and the extensions iotdtls speaks (IANA TLS registries)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+DTLS_1_2 = 0xFEFD
+DTLS_1_0 = 0xFEFF
+
+
+class ContentType(IntEnum):
+    CHANGE_CIPHER_SPEC = 20
+    ALERT = 21
+    HANDSHAKE = 22
+    APPLICATION_DATA = 23
+
+
+class HandshakeType(IntEnum):
+    HELLO_REQUEST = 0
+    CLIENT_HELLO = 1
+    SERVER_HELLO = 2
+    HELLO_VERIFY_REQUEST = 3
+    CERTIFICATE = 11
+    SERVER_KEY_EXCHANGE = 12
+    CERTIFICATE_REQUEST = 13
+    SERVER_HELLO_DONE = 14
+    CERTIFICATE_VERIFY = 15
+    CLIENT_KEY_EXCHANGE = 16
+    FINISHED = 20
+
+
+class AlertLevel(IntEnum):
+    WARNING = 1
+    FATAL = 2
+
+
+class AlertDescription(IntEnum):
+    close_notify = 0
+    unexpected_message = 10
+    bad_record_mac = 20
+    record_overflow = 22
+    handshake_failure = 40
+    bad_certificate = 42
+    unsupported_certificate = 43
+    certificate_revoked = 44
+    certificate_expired = 45
+    certificate_unknown = 46
+    illegal_parameter = 47
+    unknown_ca = 48
+    access_denied = 49
+    decode_error = 50
+    decrypt_error = 51
+    protocol_version = 70
+    insufficient_security = 71
+    internal_error = 80
+    user_canceled = 90
+    no_renegotiation = 100
+    unsupported_extension = 110
+    unknown_psk_identity = 115
+
+
+class CipherSuite(IntEnum):
+    TLS_PSK_WITH_AES_128_CCM = 0xC0A4
+    TLS_PSK_WITH_AES_128_CCM_8 = 0xC0A8
+    TLS_EMPTY_RENEGOTIATION_INFO_SCSV = 0x00FF
+
+
+class CompressionMethod(IntEnum):
+    NULL = 0
+
+
+class ExtensionType(IntEnum):
+    SERVER_NAME = 0
+    MAX_FRAGMENT_LENGTH = 1
+    SUPPORTED_GROUPS = 10
+    EC_POINT_FORMATS = 11
+    SIGNATURE_ALGORITHMS = 13
+    ENCRYPT_THEN_MAC = 22
+    EXTENDED_MASTER_SECRET = 23
+    SESSION_TICKET = 35
+    RENEGOTIATION_INFO = 0xFF01
+
+
+# AEAD parameters per suite: (key length, fixed IV length, tag length)
+SUITE_AEAD: dict[int, tuple[int, int, int]] = {
+    CipherSuite.TLS_PSK_WITH_AES_128_CCM_8: (16, 4, 8),
+    CipherSuite.TLS_PSK_WITH_AES_128_CCM: (16, 4, 16),
+}
+
+RECORD_HEADER_LEN = 13
+HANDSHAKE_HEADER_LEN = 12
+EXPLICIT_NONCE_LEN = 8
+MAX_PLAINTEXT = 1 << 14

@@ -1,0 +1,53 @@
+"""Stateless HelloVerifyRequest cookies (RFC 6347 section 4.2.1).
+
+A cookie is HMAC-SHA256 over the client's address and its ClientHello without the cookie field, truncated to
+16 bytes, under a secret that rotates every ``lifetime`` seconds. Secrets are derived from one random master key
+and the rotation period, so the server stores nothing per client; the current and previous periods verify.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+COOKIE_LEN = 16
+
+
+class CookieJar:
+    def __init__(self, master_key: bytes, lifetime: float = 120.0) -> None:
+        if len(master_key) < 16:
+            raise ValueError("cookie master key must have at least 16 bytes")
+        self._master = master_key
+        self._lifetime = lifetime
+        self._cache: dict[int, bytes] = {}
+
+    def _secret(self, period: int) -> bytes:
+        secret = self._cache.get(period)
+        if secret is None:
+            if len(self._cache) > 4:
+                self._cache.clear()
+            secret = hmac.digest(self._master, b"cookie" + period.to_bytes(8, "big", signed=True), "sha256")
+            self._cache[period] = secret
+        return secret
+
+    def make(self, address: bytes, hello_without_cookie: bytes, now: float) -> bytes:
+        period = int(now // self._lifetime)
+        return hmac.digest(self._secret(period), address + hello_without_cookie, "sha256")[:COOKIE_LEN]
+
+    def verify(self, cookie: bytes, address: bytes, hello_without_cookie: bytes, now: float) -> bool:
+        if len(cookie) != COOKIE_LEN:
+            return False
+        period = int(now // self._lifetime)
+        msg = address + hello_without_cookie
+        ok = False
+        for p in (period, period - 1):
+            expected = hmac.digest(self._secret(p), msg, "sha256")[:COOKIE_LEN]
+            ok |= hmac.compare_digest(expected, cookie)
+        return ok
+
+
+def hello_without_cookie(body: bytes) -> bytes:
+    """A ClientHello body with its cookie vector removed (the body must already have parsed)."""
+    sid_len = body[34]
+    cstart = 35 + sid_len
+    clen = body[cstart]
+    return body[:cstart] + body[cstart + 1 + clen :]

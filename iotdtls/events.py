@@ -1,0 +1,37 @@
+"""Events a :class:`~iotdtls.connection.DTLSConnection` reports through ``next_event()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .constants import AlertDescription
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base class of connection events."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeCompleted(Event):
+    cipher_suite: int
+    identity: bytes
+    extended_master_secret: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived(Event):
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AlertReceived(Event):
+    level: int
+    description: AlertDescription | int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionTerminated(Event):
+    """The connection ended: by close_notify (``error`` is ``None``), a fatal alert or a timeout."""
+
+    error: Exception | None

@@ -1,0 +1,184 @@
+"""DTLSServer: the sans-IO server front for many peers on one socket.
+
+A datagram from an address without a connection is answered statelessly: a ClientHello without a valid cookie
+gets a HelloVerifyRequest and nothing is stored. Only a ClientHello with a valid cookie creates a
+:class:`DTLSConnection`, within the ``max_sessions`` and ``max_handshakes`` limits.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Hashable
+
+from .buffer import Buffer, BufferReadError
+from .config import DTLSConfiguration
+from .connection import DTLSConnection
+from .constants import DTLS_1_0, ContentType, HandshakeType
+from .cookie import CookieJar, hello_without_cookie
+from .errors import DTLSError
+from .events import ConnectionTerminated, Event
+from .messages import ClientHello, HelloVerifyRequest, pull_client_hello, push_hello_verify_request
+from .reassembly import message_header, parse_fragments
+from .record import encode_plain, split_records
+
+Address = Hashable
+
+
+class ConnectionReplaced(DTLSError):
+    """The peer started a new handshake from the same address (e.g. after a reboot)."""
+
+
+class DTLSServer:
+    def __init__(self, config: DTLSConfiguration, *, max_sessions: int = 10000, max_handshakes: int = 100) -> None:
+        if config.is_client:
+            raise ValueError("DTLSServer needs a server configuration (is_client=False)")
+        config.validate()
+        self._config = config
+        self._cookies = CookieJar(config.random(32), config.cookie_lifetime)
+        self._dummy_psk_key = config.random(32)
+        self.max_sessions = max_sessions
+        self.max_handshakes = max_handshakes
+        self.connections: dict[Address, DTLSConnection] = {}
+        self._out: list[tuple[bytes, Address]] = []
+        self._events: deque[tuple[Address, Event]] = deque()
+        self._heap: list[tuple[float, int, Address]] = []
+        self._armed: dict[Address, float] = {}
+        self._counter = itertools.count()
+        self.stats = {"hello_verify_sent": 0, "dropped_full": 0, "dropped_invalid": 0}
+
+    @property
+    def handshakes_in_progress(self) -> int:
+        return sum(1 for c in self.connections.values() if c.is_handshaking)
+
+    # -- sans-IO API -----------------------------------------------------------------------------
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        conn = self.connections.get(addr)
+        if conn is not None and not self._is_new_hello(data, conn):
+            conn.receive_datagram(data, now)
+            self._collect(addr, conn)
+            return
+        self._stateless(data, addr, now, conn)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        out, self._out = self._out, []
+        return out
+
+    def get_timer(self) -> float | None:
+        heap, armed = self._heap, self._armed
+        while heap and armed.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def handle_timer(self, now: float) -> None:
+        heap, armed = self._heap, self._armed
+        while heap and heap[0][0] <= now:
+            when, _, addr = heapq.heappop(heap)
+            if armed.get(addr) != when:
+                continue
+            del armed[addr]
+            conn = self.connections.get(addr)
+            if conn is not None:
+                conn.handle_timer(now)
+                self._collect(addr, conn)
+
+    def next_event(self) -> tuple[Address, Event] | None:
+        return self._events.popleft() if self._events else None
+
+    def send(self, addr: Address, data: bytes) -> None:
+        conn = self.connections.get(addr)
+        if conn is None:
+            raise DTLSError("no connection for that address")
+        conn.send(data)
+        self._collect(addr, conn)
+
+    def close(self, addr: Address) -> None:
+        conn = self.connections.get(addr)
+        if conn is not None:
+            conn.close()
+            self._collect(addr, conn)
+
+    # -- internals -------------------------------------------------------------------------------
+    def _collect(self, addr: Address, conn: DTLSConnection) -> None:
+        for dgram in conn.datagrams_to_send(0.0):
+            self._out.append((dgram, addr))
+        while (event := conn.next_event()) is not None:
+            self._events.append((addr, event))
+        if conn.is_closed:
+            if self.connections.get(addr) is conn:
+                del self.connections[addr]
+                self._armed.pop(addr, None)
+            return
+        when = conn.get_timer()
+        if when is None:
+            self._armed.pop(addr, None)
+        elif self._armed.get(addr) != when:
+            self._armed[addr] = when
+            heapq.heappush(self._heap, (when, next(self._counter), addr))
+            if len(self._heap) > 4 * len(self._armed) + 64:
+                self._heap = [(t, next(self._counter), a) for a, t in self._armed.items()]
+                heapq.heapify(self._heap)
+
+    @staticmethod
+    def _is_new_hello(data: bytes, conn: DTLSConnection) -> bool:
+        """A plaintext ClientHello with a fresh random on an address that has a connection."""
+        if len(data) < 13 + 12 + 34 or data[0] != ContentType.HANDSHAKE or data[3:5] != b"\x00\x00":
+            return False
+        if data[13] != HandshakeType.CLIENT_HELLO:
+            return False
+        random = data[13 + 12 + 2 : 13 + 12 + 34]
+        return conn.is_closed or random != conn.client_random
+
+    def _stateless(self, data: bytes, addr: Address, now: float, existing: DTLSConnection | None) -> None:
+        parsed = self._parse_hello(data)
+        if parsed is None:
+            self.stats["dropped_invalid"] += 1
+            return
+        hello, body, msg_seq, rec_seq = parsed
+        addr_bytes = repr(addr).encode()
+        bare = hello_without_cookie(body)
+        if self._config.cookies and not self._cookies.verify(hello.cookie, addr_bytes, bare, now):
+            cookie = self._cookies.make(addr_bytes, bare, now)
+            from .buffer import Writer
+
+            w = Writer()
+            push_hello_verify_request(w, HelloVerifyRequest(cookie=cookie, version=DTLS_1_0))
+            hvr = w.data()
+            payload = message_header(HandshakeType.HELLO_VERIFY_REQUEST, len(hvr), msg_seq) + hvr
+            self._out.append((encode_plain(ContentType.HANDSHAKE, rec_seq, payload), addr))
+            self.stats["hello_verify_sent"] += 1
+            return
+        if existing is None:
+            if len(self.connections) >= self.max_sessions or self.handshakes_in_progress >= self.max_handshakes:
+                self.stats["dropped_full"] += 1
+                return
+        else:
+            # A new handshake from a known address (reboot): the valid cookie proves the address, so the
+            # old association gives way (RFC 6347 section 4.2.8).
+            del self.connections[addr]
+            self._armed.pop(addr, None)
+            if not existing.is_closed:
+                existing._terminate(ConnectionReplaced("peer started a new handshake"))
+                self._collect(addr, existing)
+        conn = DTLSConnection(self._config, peer=addr)
+        self.connections[addr] = conn
+        conn.accept(hello, body, msg_seq, rec_seq, now, self._dummy_psk_key)
+        self._collect(addr, conn)
+
+    @staticmethod
+    def _parse_hello(data: bytes) -> tuple[ClientHello, bytes, int, int] | None:
+        """The first record's ClientHello if it is whole and well formed; ``None`` otherwise."""
+        for record in split_records(data):
+            if record.content_type != ContentType.HANDSHAKE or record.epoch != 0:
+                return None
+            try:
+                frags = parse_fragments(record.fragment)
+                frag = frags[0]
+                if frag.msg_type != HandshakeType.CLIENT_HELLO or frag.offset or len(frag.body) != frag.length:
+                    return None
+                hello = pull_client_hello(Buffer(frag.body))
+            except (BufferReadError, DTLSError, IndexError):
+                return None
+            return hello, frag.body, frag.message_seq, record.seq
+        return None
