@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Hashable
 
-from .buffer import Buffer, BufferReadError
+from .buffer import Buffer, BufferReadError, Writer
 from .config import DTLSConfiguration
 from .connection import DTLSConnection
 from .constants import DTLS_1_0, ContentType, HandshakeType
@@ -20,10 +20,11 @@ from .cookie import CookieJar, hello_without_cookie
 from .errors import DTLSError
 from .events import ConnectionTerminated, Event
 from .messages import ClientHello, HelloVerifyRequest, pull_client_hello, push_hello_verify_request
-from .reassembly import message_header, parse_fragments
+from .reassembly import Fragment, _Partial, message_header, parse_fragments
 from .record import encode_plain, split_records
 
 Address = Hashable
+MAX_PARTIAL_HELLOS = 64
 
 
 class ConnectionReplaced(DTLSError):
@@ -46,6 +47,7 @@ class DTLSServer:
         self._heap: list[tuple[float, int, Address]] = []
         self._armed: dict[Address, float] = {}
         self._counter = itertools.count()
+        self._partial_hellos: OrderedDict[tuple[Address, int], _Partial] = OrderedDict()
         self.stats = {"hello_verify_sent": 0, "dropped_full": 0, "dropped_invalid": 0}
 
     @property
@@ -55,7 +57,7 @@ class DTLSServer:
     # -- sans-IO API -----------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         conn = self.connections.get(addr)
-        if conn is not None and not self._is_new_hello(data, conn):
+        if conn is not None and not self._is_new_hello(data, addr, conn):
             conn.receive_datagram(data, now)
             self._collect(addr, conn)
             return
@@ -120,18 +122,19 @@ class DTLSServer:
                 self._heap = [(t, next(self._counter), a) for a, t in self._armed.items()]
                 heapq.heapify(self._heap)
 
-    @staticmethod
-    def _is_new_hello(data: bytes, conn: DTLSConnection) -> bool:
-        """A plaintext ClientHello with a fresh random on an address that has a connection."""
+    def _is_new_hello(self, data: bytes, addr: Address, conn: DTLSConnection) -> bool:
+        """A plaintext ClientHello that starts a new handshake on an address that has a connection."""
         if len(data) < 13 + 12 + 34 or data[0] != ContentType.HANDSHAKE or data[3:5] != b"\x00\x00":
             return False
         if data[13] != HandshakeType.CLIENT_HELLO:
             return False
+        if data[13 + 6 : 13 + 9] != b"\x00\x00\x00":  # a later fragment: new only if we collect its hello
+            return (addr, int.from_bytes(data[13 + 4 : 13 + 6], "big")) in self._partial_hellos
         random = data[13 + 12 + 2 : 13 + 12 + 34]
         return conn.is_closed or random != conn.client_random
 
     def _stateless(self, data: bytes, addr: Address, now: float, existing: DTLSConnection | None) -> None:
-        parsed = self._parse_hello(data)
+        parsed = self._parse_hello(data, addr)
         if parsed is None:
             self.stats["dropped_invalid"] += 1
             return
@@ -140,8 +143,6 @@ class DTLSServer:
         bare = hello_without_cookie(body)
         if self._config.cookies and not self._cookies.verify(hello.cookie, addr_bytes, bare, now):
             cookie = self._cookies.make(addr_bytes, bare, now)
-            from .buffer import Writer
-
             w = Writer()
             push_hello_verify_request(w, HelloVerifyRequest(cookie=cookie, version=DTLS_1_0))
             hvr = w.data()
@@ -166,19 +167,43 @@ class DTLSServer:
         conn.accept(hello, body, msg_seq, rec_seq, now, self._dummy_psk_key)
         self._collect(addr, conn)
 
-    @staticmethod
-    def _parse_hello(data: bytes) -> tuple[ClientHello, bytes, int, int] | None:
-        """The first record's ClientHello if it is whole and well formed; ``None`` otherwise."""
+    def _parse_hello(self, data: bytes, addr: Address) -> tuple[ClientHello, bytes, int, int] | None:
+        """A whole, well-formed ClientHello from this datagram, or ``None``.
+
+        A ClientHello fragmented over several records (GnuTLS at small MTUs) is collected in a small table
+        shared by all peers: at most ``MAX_PARTIAL_HELLOS`` entries of at most ``max_handshake_message``
+        bytes, oldest evicted first, so a flood of fragments cannot grow memory.
+        """
         for record in split_records(data):
             if record.content_type != ContentType.HANDSHAKE or record.epoch != 0:
                 return None
             try:
-                frags = parse_fragments(record.fragment)
-                frag = frags[0]
-                if frag.msg_type != HandshakeType.CLIENT_HELLO or frag.offset or len(frag.body) != frag.length:
-                    return None
-                hello = pull_client_hello(Buffer(frag.body))
-            except (BufferReadError, DTLSError, IndexError):
+                for frag in parse_fragments(record.fragment):
+                    if frag.msg_type != HandshakeType.CLIENT_HELLO:
+                        return None
+                    if frag.offset == 0 and len(frag.body) == frag.length:
+                        body = frag.body
+                    else:
+                        body_or_none = self._add_hello_fragment(addr, frag)
+                        if body_or_none is None:
+                            continue
+                        body = body_or_none
+                    return pull_client_hello(Buffer(body)), body, frag.message_seq, record.seq
+            except (BufferReadError, DTLSError):
                 return None
-            return hello, frag.body, frag.message_seq, record.seq
+        return None
+
+    def _add_hello_fragment(self, addr: Address, frag: Fragment) -> bytes | None:
+        if frag.length > self._config.max_handshake_message:
+            return None
+        key = (addr, frag.message_seq)
+        part = self._partial_hellos.pop(key, None)
+        if part is None or part.length != frag.length:
+            part = _Partial(frag.msg_type, frag.length, 0)
+        part.add(frag.offset, frag.body)
+        if part.complete():
+            return bytes(part.buf)
+        self._partial_hellos[key] = part
+        while len(self._partial_hellos) > MAX_PARTIAL_HELLOS:
+            self._partial_hellos.popitem(last=False)
         return None

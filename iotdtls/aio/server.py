@@ -1,0 +1,167 @@
+"""asyncio server: many peers on one UDP socket, demultiplexed by address."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
+
+from ..config import DTLSConfiguration
+from ..errors import ConnectionClosed
+from ..events import ConnectionTerminated, DataReceived, HandshakeCompleted
+from ..server import DTLSServer
+from .queue import DataQueue
+
+SessionHandler = Callable[["ServerSession"], Awaitable[None] | None]
+
+
+class ServerSession:
+    """One authenticated peer of a :class:`Server`."""
+
+    def __init__(self, server: Server, addr: Any, identity: bytes, cipher_suite: int) -> None:
+        self._server = server
+        self.peer = addr
+        self.identity = identity
+        self.cipher_suite = cipher_suite
+        self._data = DataQueue()
+        self.closed = False
+
+    async def recv(self) -> bytes:
+        return await self._data.get()
+
+    async def send(self, data: bytes) -> None:
+        if self.closed:
+            raise ConnectionClosed("session is closed")
+        self._server.core.send(self.peer, data)
+        self._server._pump()
+
+    async def close(self) -> None:
+        if not self.closed:
+            self._server.core.close(self.peer)
+            self._server._pump()
+
+
+class Server(asyncio.DatagramProtocol):
+    def __init__(self, config: DTLSConfiguration, handler: SessionHandler | None, max_sessions: int,
+                 max_handshakes: int) -> None:
+        self.core = DTLSServer(config, max_sessions=max_sessions, max_handshakes=max_handshakes)
+        self._loop = asyncio.get_running_loop()
+        self._handler = handler
+        self._transport: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._sessions: dict[Any, ServerSession] = {}
+        self._new: asyncio.Queue[ServerSession] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = self._loop.create_future()
+        #: Optional observer of handshake results: (peer, identity or None, error or None).
+        self.on_handshake: Callable[[Any, bytes | None, Exception | None], None] | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._transport is not None
+        addr: tuple[str, int] = self._transport.get_extra_info("sockname")[:2]
+        return addr
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.core.receive_datagram(data, addr, self._loop.time())
+        self._pump()
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def _pump(self) -> None:
+        core = self.core
+        now = self._loop.time()
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            for dgram, addr in core.datagrams_to_send(now):
+                transport.sendto(dgram, addr)
+        while (item := core.next_event()) is not None:
+            addr, event = item
+            if isinstance(event, DataReceived):
+                session = self._sessions.get(addr)
+                if session is not None:
+                    session._data.put(event.data)
+            elif isinstance(event, HandshakeCompleted):
+                self._open_session(addr, event)
+            elif isinstance(event, ConnectionTerminated):
+                session = self._sessions.pop(addr, None)
+                if session is not None:
+                    session.closed = True
+                    session._data.close(event.error or ConnectionClosed("peer closed the session"))
+                elif event.error is not None and self.on_handshake is not None:
+                    self.on_handshake(addr, None, event.error)
+        when = core.get_timer()
+        if when != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(when, self._on_timer) if when is not None else None
+            self._timer_at = when
+
+    def _open_session(self, addr: Any, event: HandshakeCompleted) -> None:
+        session = ServerSession(self, addr, event.identity, event.cipher_suite)
+        self._sessions[addr] = session
+        if self.on_handshake is not None:
+            self.on_handshake(addr, event.identity, None)
+        if self._handler is None:
+            self._new.put_nowait(session)
+            return
+        result = self._handler(session)
+        if result is not None:
+            task = asyncio.ensure_future(result)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.core.handle_timer(self._loop.time())
+        self._pump()
+
+    async def __aiter__(self) -> AsyncIterator[ServerSession]:
+        while True:
+            yield await self._new.get()
+
+    def close(self) -> None:
+        """Send close_notify to every peer and close the socket."""
+        for addr in list(self.core.connections):
+            self.core.close(addr)
+        self._pump()
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+        if self._transport is not None:
+            self._transport.close()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._closed
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def serve(host: str, port: int, config: DTLSConfiguration, handler: SessionHandler | None = None, *,
+                max_sessions: int = 10000, max_handshakes: int = 100) -> Server:
+    """Serve DTLS on ``(host, port)``. Each authenticated peer becomes a :class:`ServerSession`, passed to
+    ``handler`` (a function or coroutine function) or, without one, yielded by ``async for`` on the server.
+    Handshake and idle timeouts come from ``config``."""
+    config.is_client = False
+    loop = asyncio.get_running_loop()
+    _, server = await loop.create_datagram_endpoint(
+        lambda: Server(config, handler, max_sessions, max_handshakes), local_addr=(host, port))
+    return server

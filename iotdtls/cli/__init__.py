@@ -1,0 +1,1 @@
+"""Command-line tools: iotdtls-server, iotdtls-client, iotdtls-demo."""

@@ -1,0 +1,85 @@
+"""iotdtls-client: send stdin lines as DTLS datagrams, print what comes back."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+
+from ..aio import ClientSession, connect
+from ..config import DTLSConfiguration
+from ..errors import DTLSError
+from .common import UsageError, add_common, apply_common, describe_error, fail, parse_hex
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="iotdtls-client", description="DTLS 1.2 PSK client: stdin lines out, "
+                                "received datagrams to stdout")
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("--psk-identity", required=True, metavar="ID")
+    p.add_argument("--psk", required=True, metavar="HEX")
+    p.add_argument("--linger", type=float, default=1.0, metavar="S",
+                   help="keep receiving S seconds after stdin ends (default 1)")
+    add_common(p)
+    return p
+
+
+async def printer(session: ClientSession) -> None:
+    out = sys.stdout.buffer
+    while True:
+        data = await session.recv()
+        out.write(data + b"\n")
+        out.flush()
+
+
+async def run(args: argparse.Namespace, config: DTLSConfiguration) -> int:
+    try:
+        session = await connect(args.host, args.port, config)
+    except (DTLSError, OSError) as exc:
+        fail(describe_error(exc), 1)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.ensure_future(printer(session))
+    status = 0
+    try:
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.buffer.readline)
+            if not line:
+                break
+            if reader.done():
+                break
+            await session.send(line.rstrip(b"\r\n"))
+        if not reader.done():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(reader), timeout=args.linger)
+        if reader.done() and not reader.cancelled():
+            exc = reader.exception()
+            if exc is not None and not (isinstance(exc, DTLSError) and session.connection.error is None):
+                print(f"iotdtls-client: {describe_error(exc)}", file=sys.stderr)
+                status = 1
+    except (DTLSError, ValueError) as exc:
+        print(f"iotdtls-client: {describe_error(exc)}", file=sys.stderr)
+        status = 1
+    finally:
+        reader.cancel()
+        await session.close()
+    return status
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        config = DTLSConfiguration(is_client=True, psk_identity=args.psk_identity.encode(),
+                                   psk=parse_hex(args.psk, "--psk"))
+        apply_common(config, args)
+        status = asyncio.run(run(args, config))
+    except UsageError as exc:
+        fail(str(exc), 2)
+    except KeyboardInterrupt:
+        status = 130
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""iotdtls-server: a DTLS PSK echo server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from typing import Any
+
+from ..aio import ServerSession, serve
+from ..config import DTLSConfiguration
+from ..constants import CipherSuite
+from ..errors import DTLSError
+from .common import UsageError, add_common, apply_common, describe_error, fail, load_psk_file
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="iotdtls-server", description="DTLS 1.2 PSK echo server")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--psk-file", required=True, metavar="FILE", help="identity:hexkey per line")
+    p.add_argument("--psk-hint", metavar="TEXT", help="PSK identity hint (sends ServerKeyExchange)")
+    p.add_argument("--max-sessions", type=int, default=10000)
+    p.add_argument("--max-handshakes", type=int, default=100)
+    p.add_argument("--idle-timeout", type=float, metavar="S")
+    add_common(p)
+    return p
+
+
+def log(message: str) -> None:
+    print(f"iotdtls-server: {message}", file=sys.stderr, flush=True)
+
+
+async def run(args: argparse.Namespace, config: DTLSConfiguration) -> None:
+    async def echo(session: ServerSession) -> None:
+        while True:
+            try:
+                data = await session.recv()
+                await session.send(data)
+            except (DTLSError, ValueError) as exc:
+                if not isinstance(exc, DTLSError) or not session.closed:
+                    log(f"{session.peer[0]}:{session.peer[1]}: {describe_error(exc)}")
+                if session.closed:
+                    log(f"{session.peer[0]}:{session.peer[1]}: session closed")
+                    return
+
+    def on_handshake(peer: Any, identity: bytes | None, error: Exception | None) -> None:
+        where = f"{peer[0]}:{peer[1]}"
+        if error is None:
+            conn = server.core.connections.get(peer)
+            suite = CipherSuite(conn.cipher_suite).name if conn else "?"
+            assert identity is not None
+            log(f"{where}: handshake complete, identity={identity.decode(errors='replace')!r}, suite={suite}")
+        else:
+            log(f"{where}: handshake failed: {describe_error(error)}")
+
+    try:
+        server = await serve(args.host, args.port, config, echo, max_sessions=args.max_sessions,
+                             max_handshakes=args.max_handshakes)
+    except OSError as exc:
+        raise UsageError(f"cannot bind {args.host}:{args.port}: {exc.strerror}") from None
+    server.on_handshake = on_handshake
+    log(f"listening on {args.host}:{args.port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
+    log("stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        config = DTLSConfiguration(is_client=False, psk_store=load_psk_file(args.psk_file),
+                                   psk_identity_hint=args.psk_hint.encode() if args.psk_hint else None,
+                                   idle_timeout=args.idle_timeout)
+        apply_common(config, args)
+        asyncio.run(run(args, config))
+    except UsageError as exc:
+        fail(str(exc), 2)
+    except KeyboardInterrupt:
+        pass
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
