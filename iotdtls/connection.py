@@ -7,15 +7,33 @@ the current time ``now`` (seconds, any monotonic origin); nothing here reads a c
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 
 from .buffer import Buffer
 from .config import DTLSConfiguration
 from .constants import AlertDescription, AlertLevel, ContentType, HandshakeType
-from .errors import (AlertError, BadRecordMac, ConnectionClosed, DecodeError, DTLSError, HandshakeTimeout,
-                     InternalError, RemoteAlert, UnexpectedMessage)
-from .events import (AlertReceived, ConnectionTerminated, DataReceived, Event, HandshakeCompleted)
-from .handshake import CCS_TABLE, HANDSHAKING, PROTECTED_MESSAGES, WAITING_FINISHED, HandshakeLayer, State, expect
+from .errors import (
+    AlertError,
+    BadRecordMac,
+    ConnectionClosed,
+    DecodeError,
+    DTLSError,
+    HandshakeTimeout,
+    InternalError,
+    RemoteAlert,
+    UnexpectedMessage,
+)
+from .events import AlertReceived, ConnectionTerminated, DataReceived, Event, HandshakeCompleted
+from .handshake import (
+    CCS_TABLE,
+    HANDSHAKING,
+    PROTECTED_MESSAGES,
+    WAITING_FINISHED,
+    HandshakeLayer,
+    State,
+    expect,
+)
 from .messages import ClientHello
 from .reassembly import parse_fragments
 from .record import Record, split_records
@@ -168,15 +186,16 @@ class DTLSConnection(HandshakeLayer):
             if not window.is_fresh(record.seq):
                 return
             if epoch == 0:
-                payload: bytes | None = record.fragment
+                payload = record.fragment
             else:
                 assert self._read_cipher is not None
-                payload = self._read_cipher.unprotect(record)
-                if payload is None:
+                opened = self._read_cipher.unprotect(record)
+                if opened is None:
                     if self._state in WAITING_FINISHED:
                         # A Finished that fails authentication means the keys differ: fail fast.
                         raise BadRecordMac("record failed authentication during the handshake")
                     return  # RFC 6347 4.1.2.7: drop silently
+                payload = opened
             window.mark(record.seq)
             if epoch == 1 and self._config.idle_timeout is not None and self._state is State.ESTABLISHED:
                 self._idle_deadline = now + self._config.idle_timeout
@@ -299,10 +318,8 @@ class DTLSConnection(HandshakeLayer):
         if self._state is State.CLOSED:
             return
         if not exc.remote:
-            try:
+            with contextlib.suppress(DTLSError):
                 self._send_alert(AlertLevel.FATAL, exc.description)
-            except DTLSError:
-                pass
         self._terminate(exc)
 
     def _terminate(self, error: Exception | None) -> None:

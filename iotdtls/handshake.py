@@ -14,12 +14,28 @@ from enum import Enum, auto
 from .buffer import Buffer, Writer
 from .config import DTLSConfiguration
 from .constants import DTLS_1_2, SUITE_AEAD, AlertDescription, CipherSuite, ExtensionType, HandshakeType
-from .errors import (AlertError, DecryptError, HandshakeFailure, IllegalParameter, ProtocolVersionError,
-                     UnexpectedMessage)
-from .messages import (ClientHello, ServerHello, check_renegotiation_info, find_extension,
-                       pull_client_hello, pull_empty, pull_finished, pull_hello_verify_request,
-                       pull_psk_identity, pull_server_hello, push_client_hello, push_psk_identity,
-                       push_server_hello)
+from .errors import (
+    AlertError,
+    DecryptError,
+    HandshakeFailure,
+    IllegalParameter,
+    ProtocolVersionError,
+    UnexpectedMessage,
+)
+from .messages import (
+    ClientHello,
+    ServerHello,
+    check_renegotiation_info,
+    find_extension,
+    pull_empty,
+    pull_finished,
+    pull_hello_verify_request,
+    pull_psk_identity,
+    pull_server_hello,
+    push_client_hello,
+    push_psk_identity,
+    push_server_hello,
+)
 from .prf import finished_verify_data, key_block, master_secret, psk_premaster
 from .reassembly import CCS, OutMessage, Reassembler, message_header
 from .record import CipherState
@@ -47,8 +63,8 @@ HANDSHAKING = frozenset(
 )
 WAITING_FINISHED = frozenset({State.CLIENT_WAIT_FINISHED, State.SERVER_WAIT_FINISHED})
 
-_EMS_EXT = (ExtensionType.EXTENDED_MASTER_SECRET, b"")
-_RENEG_EXT = (ExtensionType.RENEGOTIATION_INFO, b"\x00")
+_EMS_EXT: tuple[int, bytes] = (ExtensionType.EXTENDED_MASTER_SECRET, b"")
+_RENEG_EXT: tuple[int, bytes] = (ExtensionType.RENEGOTIATION_INFO, b"\x00")
 
 
 class HandshakeLayer(RecordLayer):
@@ -113,7 +129,7 @@ class HandshakeLayer(RecordLayer):
     # -- client ----------------------------------------------------------------------------------
     def _send_client_hello(self, cookie: bytes, now: float) -> None:
         cfg = self._config
-        exts = [_RENEG_EXT]
+        exts: list[tuple[int, bytes]] = [_RENEG_EXT]
         if cfg.extended_master_secret:
             exts.append(_EMS_EXT)
         hello = ClientHello(random=self._client_random, cipher_suites=list(cfg.cipher_suites), cookie=cookie,
@@ -211,7 +227,7 @@ class HandshakeLayer(RecordLayer):
             raise HandshakeFailure("client does not support the extended master secret")
         self._suite = suite
         self._server_random = cfg.random(32)
-        exts = []
+        exts: list[tuple[int, bytes]] = []
         if reneg:
             exts.append(_RENEG_EXT)
         if self._use_ems:

@@ -18,7 +18,7 @@ from .connection import DTLSConnection
 from .constants import DTLS_1_0, ContentType, HandshakeType
 from .cookie import CookieJar, hello_without_cookie
 from .errors import DTLSError
-from .events import ConnectionTerminated, Event
+from .events import Event
 from .messages import ClientHello, HelloVerifyRequest, pull_client_hello, push_hello_verify_request
 from .reassembly import Fragment, _Partial, message_header, parse_fragments
 from .record import encode_plain, split_records

@@ -14,8 +14,7 @@ def describe_datagram(data: bytes) -> list[str]:
     for rec in split_records(data):
         ct = rec.content_type
         if rec.epoch > 0:
-            kind = {ContentType.HANDSHAKE: "Finished (protected)", ContentType.APPLICATION_DATA: "ApplicationData",
-                    ContentType.ALERT: "Alert (protected)"}.get(ct, "record (protected)")
+            kind = _PROTECTED.get(ct, "record (protected)")
             out.append(f"{kind} [epoch {rec.epoch}, {len(rec.fragment) + 13} B]")
         elif ct == ContentType.HANDSHAKE:
             try:
@@ -35,6 +34,13 @@ def describe_datagram(data: bytes) -> list[str]:
         else:
             out.append(f"{ContentType(ct).name} [epoch 0]")
     return out or ["(not DTLS)"]
+
+
+_PROTECTED: dict[int, str] = {
+    ContentType.HANDSHAKE: "Finished (protected)",
+    ContentType.APPLICATION_DATA: "ApplicationData",
+    ContentType.ALERT: "Alert (protected)",
+}
 
 
 def _name(msg_type: int) -> str:

@@ -84,7 +84,7 @@ class Server(asyncio.DatagramProtocol):
         transport = self._transport
         if transport is not None and not transport.is_closing():
             for dgram, addr in core.datagrams_to_send(now):
-                transport.sendto(dgram, addr)
+                transport.sendto(dgram, cast(tuple[str, int], addr))
         while (item := core.next_event()) is not None:
             addr, event = item
             if isinstance(event, DataReceived):

@@ -54,9 +54,9 @@ async def run(args: argparse.Namespace, config: DTLSConfiguration) -> int:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(reader), timeout=args.linger)
         if reader.done() and not reader.cancelled():
-            exc = reader.exception()
-            if exc is not None and not (isinstance(exc, DTLSError) and session.connection.error is None):
-                print(f"iotdtls-client: {describe_error(exc)}", file=sys.stderr)
+            error = reader.exception()
+            if error is not None and not (isinstance(error, DTLSError) and session.connection.error is None):
+                print(f"iotdtls-client: {describe_error(error)}", file=sys.stderr)
                 status = 1
     except (DTLSError, ValueError) as exc:
         print(f"iotdtls-client: {describe_error(exc)}", file=sys.stderr)

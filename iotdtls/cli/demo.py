@@ -44,8 +44,8 @@ async def run(args: argparse.Namespace) -> int:
 
     common = {"mtu": args.mtu, "retransmit_initial": args.retransmit_initial,
               "retransmit_max": max(8 * args.retransmit_initial, args.retransmit_initial)}
-    server_cfg = DTLSConfiguration(is_client=False, psk_store={IDENTITY: KEY}, **common)  # type: ignore[arg-type]
-    client_cfg = DTLSConfiguration(psk_identity=IDENTITY, psk=KEY, **common)  # type: ignore[arg-type]
+    server_cfg = DTLSConfiguration(is_client=False, psk_store={IDENTITY: KEY}, **common)
+    client_cfg = DTLSConfiguration(psk_identity=IDENTITY, psk=KEY, **common)
 
     async def echo(session: ServerSession) -> None:
         while True:
@@ -78,7 +78,7 @@ async def run(args: argparse.Namespace) -> int:
                         reply = await asyncio.wait_for(session.recv(), timeout=args.retransmit_initial)
                         print(f"echo: {reply.decode()}")
                         break
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         continue
     except (DTLSError, OSError) as exc:
         print(f"iotdtls-demo: {describe_error(exc)}", file=sys.stderr)
