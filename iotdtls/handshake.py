@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from enum import Enum, auto
+from enum import IntEnum, auto
 
 from .buffer import Buffer, Writer
 from .config import DTLSConfiguration
@@ -44,7 +44,7 @@ from .transport import RecordLayer
 MAX_HELLO_VERIFY = 4
 
 
-class State(Enum):
+class State(IntEnum):
     CLIENT_START = auto()
     CLIENT_WAIT_HELLO = auto()  # ClientHello sent: HelloVerifyRequest or ServerHello
     CLIENT_WAIT_SKE_OR_DONE = auto()  # ServerHello received

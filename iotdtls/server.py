@@ -47,12 +47,13 @@ class DTLSServer:
         self._heap: list[tuple[float, int, Address]] = []
         self._armed: dict[Address, float] = {}
         self._counter = itertools.count()
+        self._handshaking: set[Address] = set()
         self._partial_hellos: OrderedDict[tuple[Address, int], _Partial] = OrderedDict()
         self.stats = {"hello_verify_sent": 0, "dropped_full": 0, "dropped_invalid": 0}
 
     @property
     def handshakes_in_progress(self) -> int:
-        return sum(1 for c in self.connections.values() if c.is_handshaking)
+        return len(self._handshaking)
 
     # -- sans-IO API -----------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
@@ -111,7 +112,12 @@ class DTLSServer:
             if self.connections.get(addr) is conn:
                 del self.connections[addr]
                 self._armed.pop(addr, None)
+                self._handshaking.discard(addr)
             return
+        if conn.is_handshaking:
+            self._handshaking.add(addr)
+        else:
+            self._handshaking.discard(addr)
         when = conn.get_timer()
         if when is None:
             self._armed.pop(addr, None)
@@ -159,6 +165,7 @@ class DTLSServer:
             # old association gives way (RFC 6347 section 4.2.8).
             del self.connections[addr]
             self._armed.pop(addr, None)
+            self._handshaking.discard(addr)
             if not existing.is_closed:
                 existing._terminate(ConnectionReplaced("peer started a new handshake"))
                 self._collect(addr, existing)
