@@ -38,11 +38,11 @@ class CookieJar:
             return False
         period = int(now // self._lifetime)
         msg = address + hello_without_cookie
-        ok = False
         for p in (period, period - 1):
             expected = hmac.digest(self._secret(p), msg, "sha256")[:COOKIE_LEN]
-            ok |= hmac.compare_digest(expected, cookie)
-        return ok
+            if hmac.compare_digest(expected, cookie):
+                return True
+        return False
 
 
 def hello_without_cookie(body: bytes) -> bytes:

@@ -1,20 +1,46 @@
-"""TLS 1.2 PRF (RFC 5246 section 5) with P_SHA256, key block and Finished computation."""
+"""TLS 1.2 PRF (RFC 5246 section 5) with P_SHA256, key block and Finished computation.
+
+P_SHA256 runs many HMACs under one secret, so the secret's inner and outer pad states are hashed once and
+copied for each HMAC (RFC 2104), which halves the cost of the PRF.
+"""
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 
-_MD = "sha256"
+_BLOCK = 64
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+class HmacSha256Key:
+    """HMAC-SHA256 under one key, with the padded key states precomputed."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > _BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_BLOCK, b"\x00")
+        self._inner = hashlib.sha256(key.translate(_IPAD))
+        self._outer = hashlib.sha256(key.translate(_OPAD))
+
+    def digest(self, msg: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(msg)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 def p_sha256(secret: bytes, seed: bytes, length: int) -> bytes:
-    out = bytearray()
+    mac = HmacSha256Key(secret)
+    out = b""
     a = seed
-    digest = hmac.digest
     while len(out) < length:
-        a = digest(secret, a, _MD)
-        out += digest(secret, a + seed, _MD)
-    return bytes(out[:length])
+        a = mac.digest(a)
+        out += mac.digest(a + seed)
+    return out[:length]
 
 
 def prf(secret: bytes, label: bytes, seed: bytes, length: int) -> bytes:
