@@ -1,0 +1,81 @@
+"""Run every iotdtls benchmark and print a markdown summary table (for the docs).
+
+Run with ``python -m benchmarks.run_all`` (add ``--json FILE`` to also write all figures as JSON).
+Each benchmark prints its own detailed table first; the summary follows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from importlib.metadata import version
+from typing import Any
+
+from benchmarks import bench_handshake, bench_records, bench_wire
+
+__all__ = ["main", "markdown"]
+
+
+def _ok(met: bool) -> str:
+    return "yes" if met else "**no**"
+
+
+def markdown(records: dict[str, float], handshake: dict[str, float], wire: dict[str, Any]) -> str:
+    """The summary table, as markdown."""
+    floor = records["aesccm_floor_s"]
+    tiny_rec = records["tinydtls_record_s"]
+    target_rec = bench_records.TARGET_FLOOR_RATIO
+    target_rate = bench_handshake.TARGET_RATE_RATIO
+    us = 1e6
+    rows = [
+        "| Benchmark | iotdtls | AEAD floor | tinydtls | iotdtls / floor | iotdtls / tinydtls | Target | Met |",
+        "|---|---:|---:|---:|---:|---:|---|:-:|",
+    ]
+    for label, key in (("Record 64 B: connection -> connection", "iotdtls_connection_s"),
+                       ("Record 64 B: via DTLSServer front", "iotdtls_server_front_s"),
+                       ("Record 64 B: record layer only", "iotdtls_record_layer_s")):
+        secs = records[key]
+        ratio = secs / floor
+        rows.append(f"| {label} | {secs * us:.2f} us | {floor * us:.2f} us | {tiny_rec * us:.2f} us "
+                    f"| {ratio:.2f}x | {secs / tiny_rec:.2f}x | <= {target_rec}x floor "
+                    f"| {_ok(ratio <= target_rec)} |")
+    rate = handshake["iotdtls_handshakes_per_s"]
+    tiny_rate = handshake["tinydtls_handshakes_per_s"]
+    rate_ratio = handshake["rate_ratio_vs_tinydtls"]
+    rows.append(f"| PSK handshakes/s (cookie + EMS) | {rate:.0f}/s ({handshake['iotdtls_handshake_s'] * us:.0f} us) "
+                f"| - | {tiny_rate:.0f}/s ({handshake['tinydtls_handshake_s'] * us:.0f} us) | - "
+                f"| {rate_ratio:.2f}x rate | >= {target_rate}x tinydtls rate | {_ok(rate_ratio >= target_rate)} |")
+    nbytes, ndgrams = wire["iotdtls_bytes"], wire["iotdtls_datagrams"]
+    wire_ok = nbytes <= bench_wire.TARGET_BYTES and ndgrams <= bench_wire.TARGET_DATAGRAMS
+    rows.append(f"| Handshake wire size (cookie + EMS) | {nbytes} B / {ndgrams} dgrams | - "
+                f"| {wire['tinydtls_bytes']} B / {wire['tinydtls_datagrams']} dgrams | - "
+                f"| {wire['bytes_ratio_vs_tinydtls']:.3f}x bytes | <= {bench_wire.TARGET_BYTES} B in "
+                f"<= {bench_wire.TARGET_DATAGRAMS} dgrams | {_ok(wire_ok)} |")
+    env = (f"Python {platform.python_version()} ({platform.python_implementation()}), "
+           f"cryptography {version('cryptography')}, DTLSSocket {version('DTLSSocket')}, "
+           f"{platform.machine()} {platform.system()}")
+    return "\n".join(rows) + f"\n\n_{env}; medians, one process, peers measured in the same run._"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    results: dict[str, Any] = {}
+    for name, bench in (("records", bench_records), ("handshake", bench_handshake), ("wire", bench_wire)):
+        t0 = time.perf_counter()
+        results[name] = bench.main()
+        print(f"  ({name}: {time.perf_counter() - t0:.1f} s)\n")
+    print(markdown(results["records"], results["handshake"], results["wire"]))
+    print(f"\n(total {time.perf_counter() - started:.1f} s)")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()
