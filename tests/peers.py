@@ -1,0 +1,911 @@
+"""Real DTLS peers (OpenSSL, GnuTLS, tinydtls) for interop tests, all on 127.0.0.1.
+
+Every peer is started from a context manager that waits until it is ready and always stops it
+(terminate, then kill) on exit, with its output kept for assertion messages::
+
+    port = free_udp_port()
+    with openssl_server(port, KEY_HEX) as server, openssl_client(port, KEY_HEX, "dev1") as client:
+        client.write_line("ping")
+        assert server.read_line() == "ping"
+
+Output conventions (so that ``read_line()`` returns received application data only):
+
+* ``openssl s_server`` runs with ``-brief``: received data goes raw to stdout, the handshake summary
+  ("Protocol version: ...", "Ciphersuite: ...") to stderr, and the single-letter stdin commands
+  (a chunk starting with ``Q``/``q`` quits without ``-brief``!) are disabled.
+* ``openssl s_client`` runs with ``-quiet -brief``: data to stdout, "CONNECTION ESTABLISHED" to stderr;
+  ``-quiet`` implies ``-ign_eof`` and disables the Q/R/k commands.
+* ``gnutls-cli`` prints its handshake report on stdout and then "- Simple Client Mode:" and one blank
+  line; everything before that is kept as info (``info_lines``), everything after is data.
+  ("*** ..." error/alert lines printed later by gnutls-cli do land in the data stream.)
+* ``gnutls-serv --echo`` echoes every record back; it logs "*** Processing N bytes command: ..." on
+  stderr and listens on 0.0.0.0 *and* :: (it has no listen-address option).
+* tinydtls runs in-process through DTLSSocket (see ``TinyDTLSServer`` / ``TinyDTLSClient``).
+
+Readiness of UDP servers is detected by polling ``/proc/net/udp`` for the bound port (no probe
+packet is sent, nothing is bound by us), while checking that the process is still alive.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.util
+import os
+import queue
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+LOCALHOST = "127.0.0.1"
+DEFAULT_TIMEOUT = 5.0
+
+# GnuTLS priority string for DTLS 1.2 + PSK + AES-128-CCM-8 only (GUIDE section 3).
+GNUTLS_PSK_PRIORITY = "NORMAL:-VERS-ALL:+VERS-DTLS1.2:-CIPHER-ALL:+AES-128-CCM-8:-KX-ALL:+PSK"
+OPENSSL_PSK_CIPHER = "PSK-AES128-CCM8"
+
+REQUIRE_PEERS_ENV = "IOTDTLS_REQUIRE_PEERS"
+
+
+# --------------------------------------------------------------------------------------------------
+# Availability
+# --------------------------------------------------------------------------------------------------
+
+
+def require_peer(name: str, available: bool) -> None:
+    """Skip the test if the peer is missing, or fail it when IOTDTLS_REQUIRE_PEERS=1 (CI)."""
+    if available:
+        return
+    message = f"peer {name!r} is not available on this machine"
+    if os.environ.get(REQUIRE_PEERS_ENV) == "1":
+        pytest.fail(f"{message} ({REQUIRE_PEERS_ENV}=1)", pytrace=False)
+    pytest.skip(message)
+
+
+def have_openssl() -> bool:
+    return shutil.which("openssl") is not None
+
+
+def have_gnutls() -> bool:
+    return shutil.which("gnutls-cli") is not None and shutil.which("gnutls-serv") is not None
+
+
+def have_tinydtls() -> bool:
+    try:
+        return importlib.util.find_spec("DTLSSocket") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def have_libcoap() -> bool:
+    return shutil.which("coap-client-gnutls") is not None or shutil.which("coap-client-openssl") is not None
+
+
+def have_tshark() -> bool:
+    return shutil.which("tshark") is not None
+
+
+def require_openssl() -> None:
+    require_peer("openssl", have_openssl())
+
+
+def require_gnutls() -> None:
+    require_peer("gnutls (gnutls-cli/gnutls-serv)", have_gnutls())
+
+
+def require_tinydtls() -> None:
+    require_peer("tinydtls (pip DTLSSocket)", have_tinydtls())
+
+
+# --------------------------------------------------------------------------------------------------
+# Ports
+# --------------------------------------------------------------------------------------------------
+
+_handed_out_ports: set[int] = set()
+_ports_lock = threading.Lock()
+
+
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that is free right now (never the same one twice per process)."""
+    with _ports_lock:
+        for _ in range(50):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.bind((LOCALHOST, 0))
+                port: int = sock.getsockname()[1]
+            if port not in _handed_out_ports:
+                _handed_out_ports.add(port)
+                return port
+    raise RuntimeError("could not find a free UDP port")
+
+
+def udp_port_bound(port: int) -> bool:
+    """True if some socket is bound to UDP `port` (any address), read from /proc/net/udp{,6}."""
+    suffix = f":{port:04X}"
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 1 and fields[1].endswith(suffix):
+                return True
+    return False
+
+
+def _can_check_ports() -> bool:
+    return Path("/proc/net/udp").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Non-blocking line reader
+# --------------------------------------------------------------------------------------------------
+
+
+class PeerError(AssertionError):
+    """A peer misbehaved (timeout, early exit); the message carries the peer's transcript."""
+
+
+class LineReader:
+    """Reads lines from a binary stream in a daemon thread; `readline(timeout)` never blocks forever.
+
+    Every line is kept in `lines` (for diagnostics). Lines accepted by `is_data` are also queued for
+    `readline`; the others only go to `info_lines`. `is_data` is called in the reader thread, in order.
+    """
+
+    def __init__(
+        self,
+        stream: IO[bytes],
+        name: str = "",
+        is_data: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.name = name
+        self.lines: list[str] = []
+        self.info_lines: list[str] = []
+        self._is_data = is_data
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._cond = threading.Condition()
+        self.eof = False
+        self._stream = stream
+        self._thread = threading.Thread(target=self._run, name=f"LineReader-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for raw in iter(self._stream.readline, b""):
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                data = self._is_data(line) if self._is_data is not None else True
+                with self._cond:
+                    self.lines.append(line)
+                    if not data:
+                        self.info_lines.append(line)
+                    self._cond.notify_all()
+                if data:
+                    self._queue.put(line)
+        except (OSError, ValueError):
+            pass
+        finally:
+            with self._cond:
+                self.eof = True
+                self._cond.notify_all()
+            self._queue.put(None)
+
+    def readline(self, timeout: float = DEFAULT_TIMEOUT) -> str | None:
+        """Next data line without its newline; None at EOF. Raises TimeoutError after `timeout` s."""
+        try:
+            line = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no line on {self.name} within {timeout:.1f}s") from None
+        if line is None:
+            self._queue.put(None)  # keep reporting EOF
+        return line
+
+    def drain(self) -> list[str]:
+        """All data lines queued right now, without waiting."""
+        out: list[str] = []
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                return out
+            if line is None:
+                self._queue.put(None)
+                return out
+            out.append(line)
+
+    def wait_for(self, needle: str, timeout: float = DEFAULT_TIMEOUT) -> str:
+        """Wait until any line (data or info) contains `needle`; return it. TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout
+        checked = 0
+        with self._cond:
+            while True:
+                for line in self.lines[checked:]:
+                    if needle in line:
+                        return line
+                checked = len(self.lines)
+                remaining = deadline - time.monotonic()
+                if self.eof:
+                    raise TimeoutError(f"{self.name} closed without a line containing {needle!r}")
+                if remaining <= 0:
+                    raise TimeoutError(f"no line containing {needle!r} on {self.name} within {timeout:.1f}s")
+                self._cond.wait(remaining)
+
+    def text(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def join(self, timeout: float = 1.0) -> None:
+        self._thread.join(timeout)
+
+
+# --------------------------------------------------------------------------------------------------
+# Subprocess peers
+# --------------------------------------------------------------------------------------------------
+
+_live_processes: set[subprocess.Popen[bytes]] = set()
+
+
+def _kill_leftovers() -> None:
+    for proc in list(_live_processes):
+        with contextlib.suppress(OSError):
+            proc.kill()
+
+
+atexit.register(_kill_leftovers)
+
+
+class PeerProcess:
+    """A peer subprocess with piped stdin/stdout/stderr.
+
+    `read_line()` returns the next line of received application data (see the module docstring for
+    how each tool is set up so that stdout carries only data), `write_line()` sends a line to the
+    peer's stdin (which the tool sends to its DTLS peer), `transcript()` gives everything for
+    assertion messages.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        handshake_marker: tuple[str, str] | None = None,
+        stdout_is_data: Callable[[str], bool] | None = None,
+        cwd: str | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.handshake_marker = handshake_marker
+        self.proc: subprocess.Popen[bytes] = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+        )
+        _live_processes.add(self.proc)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self.stdout = LineReader(self.proc.stdout, f"{name} stdout", stdout_is_data)
+        self.stderr = LineReader(self.proc.stderr, f"{name} stderr")
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def transcript(self) -> str:
+        rc = self.proc.poll()
+        return (
+            f"--- {self.name} (pid {self.proc.pid}, returncode {rc}) ---\n"
+            f"argv: {' '.join(self.argv)}\n"
+            f"--- stdout ---\n{self.stdout.text()}\n"
+            f"--- stderr ---\n{self.stderr.text()}\n"
+        )
+
+    def fail(self, message: str) -> PeerError:
+        return PeerError(f"{message}\n{self.transcript()}")
+
+    # -- I/O ---------------------------------------------------------------------------------------
+
+    def write(self, data: bytes | str) -> None:
+        """Write raw bytes/text to the peer's stdin and flush."""
+        if isinstance(data, str):
+            data = data.encode()
+        stdin = self.proc.stdin
+        assert stdin is not None
+        try:
+            stdin.write(data)
+            stdin.flush()
+        except (BrokenPipeError, ValueError) as exc:
+            raise self.fail(f"cannot write to {self.name}: {exc!r}") from exc
+
+    def write_line(self, line: bytes | str) -> None:
+        """Send one line (a newline is appended) through the peer."""
+        if isinstance(line, str):
+            line = line.encode()
+        self.write(line + b"\n")
+
+    def read_line(self, timeout: float = DEFAULT_TIMEOUT) -> str:
+        """Next line of received data (newline stripped); PeerError on timeout or EOF."""
+        try:
+            line = self.stdout.readline(timeout)
+        except TimeoutError as exc:
+            raise self.fail(str(exc)) from None
+        if line is None:
+            self.proc.poll()
+            raise self.fail(f"{self.name} closed stdout (exited?) before sending a line")
+        return line
+
+    def expect_line(self, expected: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Read one data line and assert it equals `expected`."""
+        line = self.read_line(timeout)
+        if line != expected:
+            raise self.fail(f"{self.name}: expected line {expected!r}, got {line!r}")
+
+    def wait_output(self, needle: str, stream: str = "stderr", timeout: float = DEFAULT_TIMEOUT) -> str:
+        """Wait for a line containing `needle` on "stdout" or "stderr" (data or info lines)."""
+        reader = self.stderr if stream == "stderr" else self.stdout
+        try:
+            return reader.wait_for(needle, timeout)
+        except TimeoutError as exc:
+            raise self.fail(str(exc)) from None
+
+    def wait_handshake(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Wait for the tool's 'handshake completed' output (not available for gnutls-serv)."""
+        if self.handshake_marker is None:
+            raise NotImplementedError(f"{self.name} prints no handshake-completed marker")
+        stream, needle = self.handshake_marker
+        self.wait_output(needle, stream, timeout)
+
+    def close_stdin(self) -> None:
+        """EOF on stdin (gnutls-cli then closes the connection; s_client -quiet ignores it)."""
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.proc.stdin.close()
+
+    def wait_exit(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise self.fail(f"{self.name} did not exit within {timeout:.1f}s") from None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def wait_udp_listening(self, port: int, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Block until the process has bound UDP `port`; PeerError if it exits or times out."""
+        deadline = time.monotonic() + timeout
+        if not _can_check_ports():  # pragma: no cover - not Linux
+            time.sleep(0.3)
+            if not self.alive():
+                raise self.fail(f"{self.name} exited during start-up")
+            return
+        while True:
+            if not self.alive():
+                self.stdout.join(0.5)
+                self.stderr.join(0.5)
+                raise self.fail(f"{self.name} exited during start-up")
+            if udp_port_bound(port):
+                return
+            if time.monotonic() > deadline:
+                raise self.fail(f"{self.name} did not bind UDP port {port} within {timeout:.1f}s")
+            time.sleep(0.02)
+
+    def stop(self, grace: float = 2.0) -> int:
+        """Terminate (SIGTERM), then kill after `grace` seconds; returns the exit code."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(OSError):
+                    self.proc.kill()
+                self.proc.wait(grace)
+        self.close_stdin()
+        self.stdout.join()
+        self.stderr.join()
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        _live_processes.discard(self.proc)
+        rc = self.proc.returncode
+        assert rc is not None
+        return rc
+
+    def __enter__(self) -> PeerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<PeerProcess {self.name} pid={self.proc.pid} rc={self.proc.poll()}>"
+
+
+@contextlib.contextmanager
+def run_peer(
+    name: str,
+    argv: Sequence[str],
+    *,
+    listen_port: int | None = None,
+    **kwargs: Any,
+) -> Iterator[PeerProcess]:
+    """Start `argv` as a PeerProcess, wait until it has bound UDP `listen_port` (servers), stop on exit."""
+    peer = PeerProcess(name, argv, **kwargs)
+    try:
+        if listen_port is not None:
+            peer.wait_udp_listening(listen_port)
+        yield peer
+    finally:
+        peer.stop()
+
+
+# -- OpenSSL ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def openssl_server(
+    port: int,
+    psk_hex: str,
+    cipher: str = OPENSSL_PSK_CIPHER,
+    extra: Sequence[str] = (),
+) -> Iterator[PeerProcess]:
+    """`openssl s_server -dtls1_2 -nocert -psk` on 127.0.0.1:port, ready when the port is bound.
+
+    read_line(): data received from the client; write_line(): send to the connected client.
+    wait_handshake(): waits for "Ciphersuite:" on stderr. After a client leaves, it accepts the next.
+    """
+    argv = [
+        "openssl", "s_server", "-dtls1_2", "-accept", f"{LOCALHOST}:{port}", "-nocert",
+        "-psk", psk_hex, "-cipher", cipher, "-brief", *extra,
+    ]  # fmt: skip
+    with run_peer("openssl s_server", argv, listen_port=port, handshake_marker=("stderr", "Ciphersuite:")) as peer:
+        yield peer
+
+
+@contextlib.contextmanager
+def openssl_client(
+    port: int,
+    psk_hex: str,
+    identity: str = "dev1",
+    cipher: str = OPENSSL_PSK_CIPHER,
+    extra: Sequence[str] = (),
+) -> Iterator[PeerProcess]:
+    """`openssl s_client -dtls1_2 -psk ... -quiet -brief` to 127.0.0.1:port.
+
+    write_line(): send to the server; read_line(): data from the server.
+    wait_handshake(): waits for "CONNECTION ESTABLISHED" on stderr.
+    """
+    argv = [
+        "openssl", "s_client", "-dtls1_2", "-connect", f"{LOCALHOST}:{port}",
+        "-psk", psk_hex, "-psk_identity", identity, "-cipher", cipher, "-quiet", "-brief", *extra,
+    ]  # fmt: skip
+    with run_peer("openssl s_client", argv, handshake_marker=("stderr", "CONNECTION ESTABLISHED")) as peer:
+        yield peer
+
+
+# -- GnuTLS ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def gnutls_server(
+    port: int,
+    psk_file_lines: Sequence[str] = (),
+    priority: str = GNUTLS_PSK_PRIORITY,
+    extra: Sequence[str] = (),
+) -> Iterator[PeerProcess]:
+    """`gnutls-serv --udp --echo --pskpasswd FILE` on port `port` (binds 0.0.0.0 and ::).
+
+    psk_file_lines: "identity:hexkey" lines for the psk file (written to a temporary directory).
+    It echoes each received record; stderr logs "*** Processing N bytes command: ...".
+    """
+    with tempfile.TemporaryDirectory(prefix="iotdtls-gnutls-") as tmp:
+        argv = ["gnutls-serv", "--udp", "-p", str(port), "--echo", "--priority", priority]
+        if psk_file_lines:
+            psk_file = Path(tmp) / "psk.txt"
+            psk_file.write_text("".join(f"{line}\n" for line in psk_file_lines))
+            argv += ["--pskpasswd", str(psk_file)]
+        argv += list(extra)
+        with run_peer("gnutls-serv", argv, listen_port=port, cwd=tmp) as peer:
+            yield peer
+
+
+GNUTLS_CLI_DATA_MARKER = "- Simple Client Mode:"
+
+
+class _GnutlsCliFilter:
+    """Stdout lines of gnutls-cli are info until "- Simple Client Mode:" plus one blank line."""
+
+    def __init__(self) -> None:
+        self.state = 0  # 0: info, 1: marker seen (skip one blank line), 2: data
+
+    def __call__(self, line: str) -> bool:
+        if self.state == 2:
+            return True
+        if self.state == 1:
+            self.state = 2
+            return line != ""
+        if line.strip() == GNUTLS_CLI_DATA_MARKER:
+            self.state = 1
+        return False
+
+
+@contextlib.contextmanager
+def gnutls_client(
+    port: int,
+    identity: str = "dev1",
+    psk_hex: str = "",
+    mtu: int | None = None,
+    priority: str = GNUTLS_PSK_PRIORITY,
+    extra: Sequence[str] = (),
+) -> Iterator[PeerProcess]:
+    """`gnutls-cli --udp -p PORT 127.0.0.1 --pskusername ID --pskkey HEX [--mtu N]`.
+
+    write_line(): send; read_line(): data from the server (the handshake report is in
+    stdout.info_lines). wait_handshake(): waits for "- Handshake was completed" on stdout.
+    close_stdin() makes gnutls-cli close the connection and exit.
+    """
+    argv = ["gnutls-cli", "--udp", "-p", str(port), LOCALHOST, "--priority", priority]
+    if identity:
+        argv += ["--pskusername", identity]
+    if psk_hex:
+        argv += ["--pskkey", psk_hex]
+    if mtu is not None:
+        argv += ["--mtu", str(mtu)]
+    argv += list(extra)
+    # stdbuf: gnutls-cli's report uses stdio, which is block-buffered on a pipe.
+    if shutil.which("stdbuf"):
+        argv = ["stdbuf", "-oL", *argv]
+    with run_peer(
+        "gnutls-cli",
+        argv,
+        handshake_marker=("stdout", "- Handshake was completed"),
+        stdout_is_data=_GnutlsCliFilter(),
+    ) as peer:
+        yield peer
+
+
+# --------------------------------------------------------------------------------------------------
+# tinydtls (in-process, through pip DTLSSocket)
+# --------------------------------------------------------------------------------------------------
+#
+# DTLSSocket.dtls API (Cython, DTLSSocket/dtls.pyx):
+#   DTLS(read=cb(addr, data) -> int, write=cb(addr, data) -> int, event=cb(level, code),
+#        pskId=bytes, pskStore={identity: key})
+#   .connect(ip6, port) -> Connection (a Session; starts the client handshake, calls write)
+#   .handleMessageAddr(ip6, port, datagram) -> int (0 ok; may call read/write/event)
+#   .write(session, data) -> int,  .close(session) (close_notify),  .resetPeer(session)
+#   .checkRetransmit() -> next deadline in ms ticks (0: nothing pending); retransmits what is due
+#   Session(ip6, port)
+# Quirks: sessions are always AF_INET6 - addresses reach the callbacks as "::ffff:127.0.0.1";
+# pskId is stored as a bare char* (keep the bytes object alive, no NUL bytes); an event
+# (0, 0x1DE) means connected, level 2 is a fatal alert with the alert description as code.
+# The context is not thread-safe: each object below touches its context from one thread only.
+
+DTLS_EVENT_CONNECT = 0x1DC
+DTLS_EVENT_CONNECTED = 0x1DE
+DTLS_EVENT_RENEGOTIATE = 0x1DF
+DTLS_ALERT_LEVEL_FATAL = 2
+DTLS_ALERT_CLOSE_NOTIFY = 0
+
+_V4_MAPPED_PREFIX = "::ffff:"
+
+
+def _to_v6(ip: str) -> str:
+    return ip if ":" in ip else _V4_MAPPED_PREFIX + ip
+
+
+def _to_v4(ip6: str) -> str:
+    if ip6.lower().startswith(_V4_MAPPED_PREFIX):
+        return ip6[len(_V4_MAPPED_PREFIX) :]
+    return ip6
+
+
+def _dtls_module() -> Any:
+    from DTLSSocket import dtls  # imported lazily: optional dependency
+
+    return dtls
+
+
+class _TinyDTLSEndpoint:
+    """UDP socket on 127.0.0.1 + one tinydtls context; the datagram plumbing shared by both roles."""
+
+    def __init__(self, identity: bytes, psk_store: Mapping[bytes, bytes], log_level: int | None) -> None:
+        dtls = _dtls_module()
+        self._dtls_mod = dtls
+        if log_level is None:
+            log_level = dtls.DTLS_LOG_EMERG
+        dtls.setLogLevel(log_level)
+        self._identity = bytes(identity)  # kept alive: DTLS.pskId is a bare char* into it
+        self._psk_store = {bytes(k): bytes(v) for k, v in psk_store.items()}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.events: list[tuple[int, int]] = []
+        self.errors: list[str] = []
+        self.datagrams_in = 0
+        self.datagrams_out = 0
+        self._app_data: list[tuple[tuple[str, int], bytes]] = []
+        self.ctx: Any = dtls.DTLS(
+            read=self._on_read,
+            write=self._on_write,
+            event=self._on_event,
+            pskId=self._identity,
+            pskStore=self._psk_store,
+        )
+
+    # tinydtls callbacks (run inside ctx.* calls, on the owning thread)
+    def _on_read(self, addr: tuple[str, int], data: bytes) -> int:
+        self._app_data.append(((_to_v4(addr[0]), addr[1]), bytes(data)))
+        return len(data)
+
+    def _on_write(self, addr: tuple[str, int], data: bytes) -> int:
+        ip = _to_v4(addr[0])
+        if ip != LOCALHOST:  # never send anywhere but loopback
+            self.errors.append(f"refused to send to {addr!r}")
+            return -1
+        try:
+            sent = self.sock.sendto(data, (ip, addr[1]))
+        except OSError as exc:
+            self.errors.append(f"sendto {addr!r}: {exc!r}")
+            return -1
+        self.datagrams_out += 1
+        return sent
+
+    def _on_event(self, level: int, code: int) -> None:
+        self.events.append((level, code))
+
+    def _pump(self, wait: float) -> None:
+        """Wait up to `wait` s for datagrams, feed them all to tinydtls, run its retransmit timer."""
+        try:
+            ready, _, _ = select.select([self.sock], [], [], max(wait, 0.0))
+        except (OSError, ValueError):
+            return
+        if ready:
+            while True:
+                try:
+                    data, (ip, port) = self.sock.recvfrom(65535)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except ConnectionRefusedError:  # ICMP port unreachable from an earlier send
+                    self.errors.append("ICMP port unreachable")
+                    continue
+                except OSError as exc:
+                    self.errors.append(f"recvfrom: {exc!r}")
+                    break
+                self.datagrams_in += 1
+                ret = self.ctx.handleMessageAddr(_to_v6(ip), port, data)
+                if ret != 0:
+                    self.errors.append(f"handleMessage({ip}:{port}) returned {ret}")
+        self.ctx.checkRetransmit()
+
+    def fatal_alerts(self) -> list[int]:
+        return [code for level, code in self.events if level == DTLS_ALERT_LEVEL_FATAL]
+
+    def describe(self) -> str:
+        return (
+            f"events={[(lvl, hex(code)) for lvl, code in self.events]} errors={self.errors} "
+            f"datagrams in/out={self.datagrams_in}/{self.datagrams_out}"
+        )
+
+
+class TinyDTLSServer:
+    """A tinydtls PSK echo server on 127.0.0.1:port, run by a background thread.
+
+    Ready as soon as the constructor returns (the socket is bound there). Use as a context manager
+    or call `stop()`. `received` lists (addr, data) of every application record; `events` the
+    tinydtls (level, code) events; `echo=False` makes it a sink.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        psk_store: Mapping[bytes, bytes],
+        *,
+        echo: bool = True,
+        log_level: int | None = None,
+    ) -> None:
+        self.port = port
+        self.echo = echo
+        self._ep = _TinyDTLSEndpoint(b"tinydtls-server", psk_store, log_level)
+        self._ep.sock.bind((LOCALHOST, port))
+        self.received: list[tuple[tuple[str, int], bytes]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"TinyDTLSServer:{port}", daemon=True)
+        self.crashed: BaseException | None = None
+        self._thread.start()
+
+    @property
+    def events(self) -> list[tuple[int, int]]:
+        return list(self._ep.events)
+
+    @property
+    def errors(self) -> list[str]:
+        return list(self._ep.errors)
+
+    def connected_count(self) -> int:
+        return sum(1 for e in self._ep.events if e == (0, DTLS_EVENT_CONNECTED))
+
+    def _run(self) -> None:
+        ep = self._ep
+        dtls = ep._dtls_mod
+        try:
+            while not self._stop.is_set():
+                ep._pump(0.05)
+                pending, ep._app_data = ep._app_data, []
+                for addr, data in pending:
+                    with self._lock:
+                        self.received.append((addr, data))
+                    if self.echo:
+                        ep.ctx.write(dtls.Session(_to_v6(addr[0]), addr[1]), data)
+        except BaseException as exc:  # surfaced by stop()/describe()
+            self.crashed = exc
+
+    def wait_received(self, count: int = 1, timeout: float = DEFAULT_TIMEOUT) -> list[bytes]:
+        """Wait until at least `count` records have arrived; return their payloads."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if len(self.received) >= count:
+                    return [data for _, data in self.received]
+            if time.monotonic() > deadline or self.crashed is not None:
+                raise PeerError(f"tinydtls server got {len(self.received)}/{count} records; {self.describe()}")
+            time.sleep(0.01)
+
+    def describe(self) -> str:
+        return f"tinydtls server :{self.port} crashed={self.crashed!r} {self._ep.describe()}"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2.0)
+        with contextlib.suppress(OSError):
+            self._ep.sock.close()
+
+    def __enter__(self) -> TinyDTLSServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class TinyDTLSClient:
+    """A tinydtls PSK client to 127.0.0.1:port. Single-threaded: all work happens inside the calls.
+
+    `connect()` runs the handshake (send() does it implicitly), `send()` writes one record,
+    `recv(timeout)` returns the next application record, `close()` sends close_notify and closes.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        identity: bytes,
+        key: bytes,
+        *,
+        log_level: int | None = None,
+    ) -> None:
+        self.port = port
+        self._ep = _TinyDTLSEndpoint(identity, {bytes(identity): bytes(key)}, log_level)
+        self._ep.sock.bind((LOCALHOST, 0))
+        self._session: Any = None
+        self.connected = False
+        self._inbox: list[bytes] = []
+
+    @property
+    def events(self) -> list[tuple[int, int]]:
+        return list(self._ep.events)
+
+    def describe(self) -> str:
+        return f"tinydtls client -> :{self.port} connected={self.connected} {self._ep.describe()}"
+
+    def _step(self, wait: float) -> None:
+        self._ep._pump(wait)
+        for _, data in self._ep._app_data:
+            self._inbox.append(data)
+        self._ep._app_data.clear()
+        if not self.connected and (0, DTLS_EVENT_CONNECTED) in self._ep.events:
+            self.connected = True
+        if self._ep.fatal_alerts():
+            raise PeerError(f"tinydtls client got a fatal alert; {self.describe()}")
+
+    def connect(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Run the handshake (no-op when connected); PeerError on timeout or fatal alert."""
+        if self.connected:
+            return
+        if self._session is None:
+            self._session = self._ep.ctx.connect(_to_v6(LOCALHOST), self.port)
+            if self._session is None:
+                raise PeerError(f"tinydtls connect() failed; {self.describe()}")
+        deadline = time.monotonic() + timeout
+        while not self.connected:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PeerError(f"tinydtls handshake did not finish within {timeout:.1f}s; {self.describe()}")
+            self._step(min(remaining, 0.05))
+
+    def send(self, data: bytes, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.connect(timeout)
+        ret = self._ep.ctx.write(self._session, bytes(data))
+        if ret < 0:
+            raise PeerError(f"tinydtls write returned {ret}; {self.describe()}")
+
+    def recv(self, timeout: float = DEFAULT_TIMEOUT) -> bytes:
+        """Next application record from the server; PeerError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self._inbox:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PeerError(f"tinydtls client received nothing within {timeout:.1f}s; {self.describe()}")
+            self._step(min(remaining, 0.05))
+        return self._inbox.pop(0)
+
+    def close(self) -> None:
+        if self._session is not None and self.connected:
+            with contextlib.suppress(Exception):
+                self._ep.ctx.close(self._session)  # sends close_notify
+                self._ep._pump(0.0)
+        if self._session is not None:
+            with contextlib.suppress(Exception):
+                self._ep.ctx.resetPeer(self._session)
+        self._session = None
+        self.connected = False
+        with contextlib.suppress(OSError):
+            self._ep.sock.close()
+
+    def __enter__(self) -> TinyDTLSClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def tinydtls_client(port: int, identity: bytes, key: bytes, *, log_level: int | None = None) -> TinyDTLSClient:
+    """A TinyDTLSClient (not yet connected; usable as a context manager)."""
+    return TinyDTLSClient(port, identity, key, log_level=log_level)
+
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "GNUTLS_PSK_PRIORITY",
+    "LOCALHOST",
+    "OPENSSL_PSK_CIPHER",
+    "LineReader",
+    "PeerError",
+    "PeerProcess",
+    "TinyDTLSClient",
+    "TinyDTLSServer",
+    "free_udp_port",
+    "gnutls_client",
+    "gnutls_server",
+    "have_gnutls",
+    "have_libcoap",
+    "have_openssl",
+    "have_tinydtls",
+    "have_tshark",
+    "openssl_client",
+    "openssl_server",
+    "require_gnutls",
+    "require_openssl",
+    "require_peer",
+    "require_tinydtls",
+    "run_peer",
+    "tinydtls_client",
+    "udp_port_bound",
+]
