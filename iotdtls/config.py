@@ -48,7 +48,7 @@ class DTLSConfiguration:
     extended_master_secret: bool = True
     require_extended_master_secret: bool = False
     #: Pack consecutive handshake messages of a flight into one record (saves 13 bytes each).
-    coalesce_records: bool = True
+    coalesce_records: bool = False
     #: Largest handshake message accepted for reassembly.
     max_handshake_message: int = 4096
     #: Records of the next epoch held back until its ChangeCipherSpec arrives.

@@ -38,7 +38,7 @@ async def run(args: argparse.Namespace, config: DTLSConfiguration) -> int:
     try:
         session = await connect(args.host, args.port, config)
     except (DTLSError, OSError) as exc:
-        fail(describe_error(exc), 1)
+        fail(describe_error(exc), 1, "iotdtls-client")
     loop = asyncio.get_running_loop()
     reader = asyncio.ensure_future(printer(session))
     status = 0
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         apply_common(config, args)
         status = asyncio.run(run(args, config))
     except UsageError as exc:
-        fail(str(exc), 2)
+        fail(str(exc), 2, "iotdtls-client")
     except KeyboardInterrupt:
         status = 130
     sys.exit(status)

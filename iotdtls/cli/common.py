@@ -77,8 +77,8 @@ def load_psk_file(path: str) -> dict[bytes, bytes]:
     return store
 
 
-def fail(message: str, status: int) -> NoReturn:
-    print(f"{sys.argv[0].rsplit('/', 1)[-1]}: {message}", file=sys.stderr)
+def fail(message: str, status: int, prog: str) -> NoReturn:
+    print(f"{prog}: {message}", file=sys.stderr)
     sys.exit(status)
 
 

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         apply_common(config, args)
         asyncio.run(run(args, config))
     except UsageError as exc:
-        fail(str(exc), 2)
+        fail(str(exc), 2, "iotdtls-server")
     except KeyboardInterrupt:
         pass
     sys.exit(0)
