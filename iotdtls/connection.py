@@ -12,7 +12,7 @@ from collections import deque
 
 from .buffer import Buffer
 from .config import DTLSConfiguration
-from .constants import AlertDescription, AlertLevel, ContentType, HandshakeType
+from .constants import DTLS_1_2, AlertDescription, AlertLevel, ContentType, HandshakeType
 from .errors import (
     AlertError,
     BadRecordMac,
@@ -36,9 +36,10 @@ from .handshake import (
 )
 from .messages import ClientHello
 from .reassembly import parse_fragments
-from .record import Record, split_records
+from .record import _HDR, SEQ_MASK, Record, split_records
 
 MAX_EARLY_DATA = 8
+_APPDATA = bytes((ContentType.APPLICATION_DATA,))
 
 
 class IdleTimeout(DTLSError):
@@ -157,12 +158,34 @@ class DTLSConnection(HandshakeLayer):
         return self._events.popleft() if self._events else None
 
     def receive_datagram(self, data: bytes, now: float) -> None:
+        if self._state is State.ESTABLISHED and data[:1] == _APPDATA and len(data) > 13:
+            # Fast path: one application record of the current epoch, the common case after the handshake.
+            _, version, epoch_seq, length = _HDR.unpack_from(data)
+            if length + 13 == len(data) and epoch_seq >> 48 == 1 and version == DTLS_1_2:
+                self._fast_application_data(data, version, epoch_seq, now)
+                return
         if self._state is State.CLOSED:
             return
         self._retransmit_requested = False
         self._guard(lambda: self._receive(data, now))
 
     # -- internals -------------------------------------------------------------------------------
+    def _fast_application_data(self, data: bytes, version: int, epoch_seq: int, now: float) -> None:
+        seq = epoch_seq & SEQ_MASK
+        window = self._windows[1]
+        if not window.is_fresh(seq):
+            return
+        assert self._read_cipher is not None
+        payload = self._read_cipher.open(ContentType.APPLICATION_DATA, version, epoch_seq, data, 13, len(data))
+        if payload is None:
+            return
+        window.mark(seq)
+        if self._config.idle_timeout is not None:
+            self._idle_deadline = now + self._config.idle_timeout
+        if self._flight:
+            self._flight = []  # server: the client has our Finished, no more final-flight retransmissions
+        self._events.append(DataReceived(payload))
+
     def _guard(self, action: object) -> None:
         try:
             action()  # type: ignore[operator]

@@ -17,7 +17,8 @@ from .constants import DTLS_1_0, DTLS_1_2, MAX_PLAINTEXT
 
 _HDR = struct.Struct(">BHQH")  # type, version, epoch<<48 | seq, length
 _AAD = struct.Struct(">QBHH")
-_Q = struct.Struct(">Q")
+_NONCE = struct.Struct(">IQ")  # 4-byte fixed IV, 8-byte explicit nonce
+_HDR_NONCE = struct.Struct(">BHQHQ")  # header followed by the explicit nonce (= epoch and sequence number)
 SEQ_MASK = (1 << 48) - 1
 MAX_SEQ = SEQ_MASK
 
@@ -58,29 +59,37 @@ def encode_plain(content_type: int, epoch_seq: int, payload: bytes) -> bytes:
 class CipherState:
     """AEAD protection for one direction of one epoch."""
 
-    __slots__ = ("_aead", "_iv", "_tag_len", "overhead")
+    __slots__ = ("_decrypt", "_encrypt", "_iv", "_iv_int", "overhead")
 
     def __init__(self, key: bytes, iv: bytes, tag_len: int) -> None:
-        self._aead = AESCCM(key, tag_length=tag_len)
+        aead = AESCCM(key, tag_length=tag_len)
+        self._encrypt = aead.encrypt
+        self._decrypt = aead.decrypt
         self._iv = iv
-        self._tag_len = tag_len
+        self._iv_int = int.from_bytes(iv, "big")
         self.overhead = 8 + tag_len
 
     def protect(self, content_type: int, epoch_seq: int, payload: bytes) -> bytes:
-        explicit = _Q.pack(epoch_seq)
-        aad = _AAD.pack(epoch_seq, content_type, DTLS_1_2, len(payload))
-        sealed = self._aead.encrypt(self._iv + explicit, payload, aad)
-        return _HDR.pack(content_type, DTLS_1_2, epoch_seq, len(sealed) + 8) + explicit + sealed
+        """The whole record: header, explicit nonce, ciphertext and tag."""
+        plen = len(payload)
+        sealed = self._encrypt(_NONCE.pack(self._iv_int, epoch_seq), payload,
+                               _AAD.pack(epoch_seq, content_type, DTLS_1_2, plen))
+        return _HDR_NONCE.pack(content_type, DTLS_1_2, epoch_seq, plen + self.overhead, epoch_seq) + sealed
 
-    def unprotect(self, record: Record) -> bytes | None:
-        """The plaintext, or ``None`` when the record does not authenticate."""
-        frag = record.fragment
-        plen = len(frag) - 8 - self._tag_len
+    def open(self, content_type: int, version: int, epoch_seq: int, data: bytes, start: int,
+             end: int) -> bytes | None:
+        """Decrypt the record fragment ``data[start:end]``; ``None`` when it does not authenticate."""
+        plen = end - start - self.overhead
         if plen < 0 or plen > MAX_PLAINTEXT:
             return None
         # The explicit nonce is taken from the record as sent; RFC 6655 makes it the sequence number.
-        aad = _AAD.pack(record.epoch_seq, record.content_type, record.version, plen)
         try:
-            return self._aead.decrypt(self._iv + frag[:8], frag[8:], aad)
+            return self._decrypt(self._iv + data[start : start + 8], data[start + 8 : end],
+                                 _AAD.pack(epoch_seq, content_type, version, plen))
         except InvalidTag:
             return None
+
+    def unprotect(self, record: Record) -> bytes | None:
+        """The plaintext of a parsed record, or ``None`` when it does not authenticate."""
+        frag = record.fragment
+        return self.open(record.content_type, record.version, record.epoch_seq, frag, 0, len(frag))
