@@ -172,7 +172,7 @@ def pack_flight(messages: list[OutMessage], mtu: int, overhead: Callable[[int], 
         while first or off < total:
             if pending_epoch not in (-1, msg.epoch):
                 flush_record()
-            used = len(dgram) + (len(pending) if pending_epoch >= 0 else rec_cost)
+            used = len(dgram) + rec_cost + (len(pending) if pending_epoch >= 0 else 0)
             avail = mtu - used - HANDSHAKE_HEADER_LEN
             want = min(total - off, MIN_FRAGMENT)
             if avail < max(want, 0) or avail < 0:
