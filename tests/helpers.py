@@ -82,3 +82,118 @@ class Pair:
     @property
     def server_conn(self) -> DTLSConnection:
         return self.server.connections[CLIENT_ADDR]
+
+
+# -- step-by-step driving, crafting and inspection of records (test_handshake, test_conformance, test_fuzz) --
+
+Wire = list[bytes]
+
+
+def half_steps(pair: Pair, steps: int) -> None:
+    """Perform ``steps`` one-way deliveries of everything pending, alternating c2s, s2c, c2s, ...
+
+    With cookies on: 1 = ClientHello delivered, 2 = HelloVerifyRequest delivered, 3 = ClientHello with cookie
+    delivered (server WAIT_CKE), 4 = server flight delivered (client WAIT_FINISHED), 5 = client final flight
+    delivered (server established), 6 = server final flight delivered (both established).
+    The client must have called ``connect`` already.
+    """
+    for i in range(steps):
+        if i % 2 == 0:
+            to_server(pair, pair.c2s())
+        else:
+            to_client(pair, pair.s2c())
+
+
+def to_server(pair: Pair, datagrams: Wire, addr: object = CLIENT_ADDR) -> None:
+    for d in datagrams:
+        pair.server.receive_datagram(d, addr, pair.now)
+
+
+def to_client(pair: Pair, datagrams: Wire) -> None:
+    for d in datagrams:
+        pair.client.receive_datagram(d, pair.now)
+
+
+def established_pair(client_kw: dict[str, object] | None = None, server_kw: dict[str, object] | None = None,
+                     **limits: int) -> Pair:
+    """A pair with a completed handshake and the handshake events drained."""
+    pair = Pair(client_kw, server_kw, **limits)
+    pair.handshake()
+    assert pair.client.is_established and pair.server_conn.is_established
+    drain(pair.client)
+    drain_server(pair.server)
+    return pair
+
+
+def run_until(pair: Pair, until: float, deliver: bool = True) -> None:
+    """Advance the fake clock timer by timer up to ``until``, firing both sides' timers; with ``deliver``
+    datagrams produced on the way are exchanged, otherwise they are dropped (total loss)."""
+    while True:
+        timers = [t for t in (pair.client.get_timer(), pair.server.get_timer()) if t is not None]
+        if not timers or min(timers) > until:
+            break
+        pair.now = max(pair.now, min(timers))
+        pair.client.handle_timer(pair.now)
+        pair.server.handle_timer(pair.now)
+        if deliver:
+            pair.pump()
+        else:
+            pair.c2s()
+            pair.s2c()
+    pair.now = max(pair.now, until)
+
+
+def handshake_record(msg_type: int, body: bytes, message_seq: int, record_seq: int = 0) -> bytes:
+    """An epoch-0 record carrying one whole handshake message."""
+    from iotdtls.constants import ContentType
+    from iotdtls.reassembly import message_header
+    from iotdtls.record import encode_plain
+
+    return encode_plain(ContentType.HANDSHAKE, record_seq, message_header(msg_type, len(body), message_seq) + body)
+
+
+def split_messages(datagram: bytes, first_seq: int) -> list[bytes]:
+    """Re-encode each handshake fragment of the epoch-0 records of ``datagram`` as its own datagram, with
+    record sequence numbers counting from ``first_seq`` (so the receiver's replay window keeps the copies)."""
+    from iotdtls.constants import ContentType
+    from iotdtls.reassembly import message_header, parse_fragments
+    from iotdtls.record import encode_plain, split_records
+
+    out: list[bytes] = []
+    for rec in split_records(datagram):
+        if rec.epoch != 0 or rec.content_type != ContentType.HANDSHAKE:
+            out.append(encode_plain(rec.content_type, rec.epoch_seq, rec.fragment))
+            continue
+        for f in parse_fragments(rec.fragment):
+            hdr = message_header(f.msg_type, f.length, f.message_seq, f.offset, len(f.body))
+            out.append(encode_plain(ContentType.HANDSHAKE, first_seq + len(out), hdr + f.body))
+    return out
+
+
+def plain_alerts(datagrams: Wire) -> list[tuple[int, int]]:
+    """``(level, description)`` of every epoch-0 (plaintext) alert record in ``datagrams``."""
+    from iotdtls.constants import ContentType
+    from iotdtls.record import split_records
+
+    return [(r.fragment[0], r.fragment[1]) for d in datagrams for r in split_records(d)
+            if r.content_type == ContentType.ALERT and r.epoch == 0 and len(r.fragment) == 2]
+
+
+def record_types(datagram: bytes) -> list[tuple[int, int]]:
+    """``(content_type, epoch)`` of each record of a datagram."""
+    from iotdtls.record import split_records
+
+    return [(r.content_type, r.epoch) for r in split_records(datagram)]
+
+
+def raw_records(datagram: bytes) -> list[bytes]:
+    """The records of a datagram as the exact byte slices they occupy (header included)."""
+    out = []
+    pos = 0
+    while len(datagram) - pos >= 13:
+        end = pos + 13 + int.from_bytes(datagram[pos + 11 : pos + 13], "big")
+        if end > len(datagram):
+            break
+        out.append(datagram[pos:end])
+        pos = end
+    return out

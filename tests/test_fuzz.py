@@ -1,0 +1,332 @@
+"""Bad-input fuzzing with hypothesis: random and mutated datagrams fed to both roles in every handshake state.
+
+Properties: no exception escapes ``receive_datagram`` / ``handle_timer``; every connection either keeps going,
+drops the input, or ends with a ConnectionTerminated whose error is a protocol alert (never InternalError, which
+would mean a bug in the core), a HandshakeTimeout, close_notify or a replacement by a new handshake; nothing
+stays half-open once the timers have run; two established ends share working keys.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import random
+from collections.abc import Callable
+
+from helpers import (
+    CLIENT_ADDR,
+    Pair,
+    drain,
+    drain_server,
+    half_steps,
+    raw_records,
+    run_until,
+    to_client,
+    to_server,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from iotdtls import ConnectionReplaced, ConnectionTerminated, DataReceived, HandshakeCompleted, HandshakeTimeout
+from iotdtls.constants import CipherSuite, ContentType, HandshakeType
+from iotdtls.errors import AlertError, InternalError
+from iotdtls.events import Event
+from iotdtls.handshake import State
+from iotdtls.reassembly import message_header, parse_fragments
+from iotdtls.record import encode_plain, split_records
+
+#: CI runs a fixed, derandomized set; IOTDTLS_FUZZ_EXAMPLES=5000 IOTDTLS_FUZZ_RANDOM=1 hunts for new cases.
+FUZZ = settings(max_examples=int(os.environ.get("IOTDTLS_FUZZ_EXAMPLES", "150")), deadline=None,
+                derandomize=not os.environ.get("IOTDTLS_FUZZ_RANDOM"), database=None, print_blob=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+VARIANTS: dict[str, tuple[dict[str, object], dict[str, object]]] = {
+    "default": ({}, {}),
+    "hint-coalesced": ({"coalesce_records": True}, {"psk_identity_hint": b"hint", "coalesce_records": True}),
+    "mtu64": ({"mtu": 64}, {"mtu": 64}),
+    "ccm-no-ems": ({"cipher_suites": [CipherSuite.TLS_PSK_WITH_AES_128_CCM], "extended_master_secret": False},
+                   {}),
+}
+#: 0 = ClientHello sent, 1..6 = one-way deliveries of the handshake (6 = both established),
+#: 7 = application data exchanged both ways (the server's final flight is no longer kept).
+STAGES = range(8)
+OTHER_ADDR = ("198.51.100.23", 4444)
+
+
+def make_pair(variant: str) -> Pair:
+    client_kw, server_kw = VARIANTS[variant]
+    return Pair(dict(client_kw), dict(server_kw))
+
+
+def pair_at(variant: str, stage: int) -> Pair:
+    pair = make_pair(variant)
+    pair.client.connect(pair.now)
+    half_steps(pair, min(stage, 6))
+    if stage >= 7:
+        pair.client.send(b"up")
+        pair.pump()
+        pair.server.send(CLIENT_ADDR, b"down")
+        pair.pump()
+    return pair
+
+
+@functools.cache
+def reference_wire(variant: str) -> tuple[bytes, ...]:
+    """Every datagram of a complete exchange: handshake, data both ways, close_notify and its answer.
+    The randomness is seeded, so these are valid records for every pair of the same variant."""
+    pair = pair_at(variant, 7)
+    pair.client.close()
+    pair.pump()
+    return tuple(d for _, d in pair.wire)
+
+
+# -- mutation strategies -----------------------------------------------------------------------------------
+
+
+def _flip(d: bytes, pos: int, bit: int) -> bytes:
+    if not d:
+        return d
+    b = bytearray(d)
+    b[pos % len(b)] ^= 1 << bit
+    return bytes(b)
+
+
+def _overwrite(d: bytes, pos: int, value: int) -> bytes:
+    if not d:
+        return d
+    b = bytearray(d)
+    b[pos % len(b)] = value
+    return bytes(b)
+
+
+def _records_op(d: bytes, op: str, k: int) -> bytes:
+    recs = raw_records(d)
+    if not recs:
+        return d
+    i = k % len(recs)
+    if op == "dup":
+        recs.insert(i, recs[i])
+    elif op == "drop":
+        del recs[i]
+    elif op == "swap":
+        recs.append(recs.pop(i))
+    return b"".join(recs)
+
+
+Mutation = Callable[[bytes, tuple[bytes, ...]], bytes]
+
+mutations: st.SearchStrategy[Mutation] = st.one_of(
+    st.builds(lambda p, b: lambda d, pool: _flip(d, p, b), st.integers(0, 4096), st.integers(0, 7)),
+    st.builds(lambda p, v: lambda d, pool: _overwrite(d, p, v), st.integers(0, 4096), st.integers(0, 255)),
+    st.builds(lambda n: lambda d, pool: d[: n % (len(d) + 1)], st.integers(0, 4096)),
+    st.builds(lambda n, x: lambda d, pool: d[: n % (len(d) + 1)] + x + d[n % (len(d) + 1):],
+              st.integers(0, 4096), st.binary(min_size=1, max_size=8)),
+    st.builds(lambda i, a, b: lambda d, pool: d[: a % (len(d) + 1)] + pool[i % len(pool)][b % 200:],
+              st.integers(0, 100), st.integers(0, 4096), st.integers(0, 4096)),
+    st.builds(lambda op, k: lambda d, pool: _records_op(d, op, k), st.sampled_from(["dup", "drop", "swap"]),
+              st.integers(0, 16)),
+    st.builds(lambda i: lambda d, pool: d + pool[i % len(pool)], st.integers(0, 100)),
+)
+
+
+@st.composite
+def random_record(draw: st.DrawFn) -> bytes:
+    """A well-framed record of any type and epoch with random content; handshake records get a plausible
+    handshake header so the reassembler is reached."""
+    ctype = draw(st.sampled_from([20, 21, 22, 23]))
+    epoch = draw(st.sampled_from([0, 0, 1, 2]))
+    seq = draw(st.one_of(st.integers(0, 80), st.integers(0, (1 << 48) - 1)))
+    if ctype == ContentType.HANDSHAKE and epoch == 0 and draw(st.booleans()):
+        msg_type = draw(st.sampled_from([*HandshakeType, 99]))
+        length = draw(st.integers(0, 300))
+        offset = draw(st.integers(0, length))
+        body = draw(st.binary(max_size=max(0, length - offset)))
+        payload = message_header(msg_type, length, draw(st.integers(0, 8)), offset, len(body)) + body
+    elif ctype == ContentType.ALERT:
+        payload = draw(st.binary(min_size=0, max_size=3))
+    else:
+        payload = draw(st.binary(max_size=120))
+    return encode_plain(ctype, (epoch << 48) | seq, payload)
+
+
+@st.composite
+def bad_datagram(draw: st.DrawFn, variant: str) -> bytes:
+    pool = reference_wire(variant)
+    kind = draw(st.sampled_from(["random", "records", "mutated", "mutated", "mutated"]))
+    if kind == "random":
+        return draw(st.binary(max_size=300))
+    if kind == "records":
+        return b"".join(draw(st.lists(random_record(), min_size=1, max_size=3)))
+    data = draw(st.sampled_from(pool))
+    for mutate in draw(st.lists(mutations, min_size=1, max_size=4)):
+        data = mutate(data, pool)
+    return data
+
+
+# -- invariants --------------------------------------------------------------------------------------------
+
+
+def _check_terminations(events: list[Event], *, server: bool) -> None:
+    completed = 0
+    for event in events:
+        if isinstance(event, HandshakeCompleted):
+            completed += 1
+        if not isinstance(event, ConnectionTerminated) or event.error is None:
+            continue
+        err = event.error
+        assert not isinstance(err, InternalError), f"InternalError (a bug in the core): {err}"
+        allowed: tuple[type[Exception], ...] = (AlertError, HandshakeTimeout)
+        if server:
+            allowed += (ConnectionReplaced,)
+        assert isinstance(err, allowed), f"unexpected termination {err!r}"
+
+
+def settle_and_check(pair: Pair, events: list[tuple[str, Event]]) -> None:
+    """Let the legitimate exchange and every timer run their course, then check the invariants."""
+    pair.pump()
+    run_until(pair, 400.0)
+    events += [("c", e) for e in drain(pair.client)]
+    events += [("s", e) for _, e in drain_server(pair.server)]
+    _check_terminations([e for side, e in events if side == "c"], server=False)
+    _check_terminations([e for side, e in events if side == "s"], server=True)
+    # Nothing is left half-open: the handshake timeout bounds every handshake.
+    assert not pair.client.is_handshaking
+    assert all(not c.is_handshaking for c in pair.server.connections.values())
+    assert pair.server.handshakes_in_progress == 0
+    # Two established ends share working keys. (Replayed reference records may already have used the
+    # first sequence numbers of this same deterministic session, so a few probes are sent.)
+    conn = pair.server.connections.get(CLIENT_ADDR)
+    if pair.client.is_established and conn is not None and conn.is_established:
+        for _ in range(4):
+            pair.client.send(b"probe")
+        pair.pump()
+        assert (CLIENT_ADDR, DataReceived(b"probe")) in drain_server(pair.server)
+
+
+def inject(pair: Pair, target: str, datagram: bytes, events: list[tuple[str, Event]]) -> None:
+    if target == "client":
+        pair.client.receive_datagram(datagram, pair.now)
+    else:
+        pair.server.receive_datagram(datagram, CLIENT_ADDR if target == "server" else OTHER_ADDR, pair.now)
+    events += [("c", e) for e in drain(pair.client)]
+    events += [("s", e) for _, e in drain_server(pair.server)]
+
+
+# -- the fuzz tests ----------------------------------------------------------------------------------------
+
+
+@st.composite
+def scenario(draw: st.DrawFn) -> tuple[str, int, list[tuple[str, bytes]]]:
+    variant = draw(st.sampled_from(sorted(VARIANTS)))
+    stage = draw(st.sampled_from(STAGES))
+    targets = st.sampled_from(["client", "server", "server", "other"])
+    injections = draw(st.lists(st.tuples(targets, bad_datagram(variant)), min_size=1, max_size=3))
+    return variant, stage, injections
+
+
+@FUZZ
+@given(scenario())
+def test_bad_datagrams_in_every_state(case: tuple[str, int, list[tuple[str, bytes]]]) -> None:
+    variant, stage, injections = case
+    pair = pair_at(variant, stage)
+    events: list[tuple[str, Event]] = []
+    for target, datagram in injections:
+        inject(pair, target, datagram, events)
+    settle_and_check(pair, events)
+
+
+@FUZZ
+@given(st.sampled_from(sorted(VARIANTS)), st.sampled_from(STAGES), st.integers(0, 2**32 - 1))
+def test_reference_datagrams_replayed_in_every_state(variant: str, stage: int, seed: int) -> None:
+    """Genuine datagrams of the same session replayed, duplicated and reordered at any point."""
+    rng = random.Random(seed)
+    pool = list(reference_wire(variant))
+    pair = pair_at(variant, stage)
+    events: list[tuple[str, Event]] = []
+    for d in rng.sample(pool, k=min(len(pool), rng.randint(1, 6))):
+        inject(pair, rng.choice(["client", "server"]), d, events)
+        if rng.random() < 0.3:
+            pair.now += rng.choice([0.1, 1.0, 3.0])
+    settle_and_check(pair, events)
+
+
+@FUZZ
+@given(st.sampled_from(STAGES), st.binary(max_size=64), st.integers(0, 2**32 - 1))
+def test_random_bytes_and_timers(stage: int, noise: bytes, seed: int) -> None:
+    """Random bytes to both ends interleaved with timer firings at random times."""
+    rng = random.Random(seed)
+    pair = pair_at("default", stage)
+    events: list[tuple[str, Event]] = []
+    for _ in range(4):
+        pair.now += rng.choice([0.0, 0.5, 2.0, 7.0])
+        pair.client.handle_timer(pair.now)
+        pair.server.handle_timer(pair.now)
+        inject(pair, rng.choice(["client", "server", "other"]), noise[: rng.randint(0, len(noise))], events)
+        if rng.random() < 0.5:
+            pair.pump()
+    settle_and_check(pair, events)
+
+
+@st.composite
+def fragmentation(draw: st.DrawFn, max_messages: int = 4) -> tuple[list[list[int]], list[int], int]:
+    """Cut points per message (as fractions of 1000), a delivery permutation key and a duplication seed."""
+    cuts = draw(st.lists(st.lists(st.integers(0, 1000), max_size=5), min_size=max_messages,
+                         max_size=max_messages))
+    order = draw(st.permutations(list(range(32))))
+    return cuts, order, draw(st.integers(0, 2**32 - 1))
+
+
+def _refragment(datagrams: list[bytes], cuts: list[list[int]], order: list[int], seed: int,
+                first_seq: int) -> list[bytes]:
+    """Every epoch-0 handshake message of ``datagrams`` cut into fragments at the given points (plus a few
+    overlapping duplicates), each in its own record with a fresh sequence number, in a scrambled order."""
+    rng = random.Random(seed)
+    frags: list[bytes] = []
+    messages = [f for d in datagrams for r in split_records(d) if r.epoch == 0 and r.content_type == 22
+                for f in parse_fragments(r.fragment)]
+    for i, m in enumerate(messages):
+        assert m.offset == 0 and len(m.body) == m.length
+        points = sorted({c * m.length // 1000 for c in cuts[i % len(cuts)]} | {0, m.length})
+        pieces = [(a, b) for a, b in itertools.pairwise(points) if b > a] or [(0, 0)]
+        for _ in range(rng.randint(0, 2)):
+            a, b = sorted((rng.randint(0, m.length), rng.randint(0, m.length)))
+            pieces.append((a, b))
+        for a, b in pieces:
+            frags.append(message_header(m.msg_type, m.length, m.message_seq, a, b - a) + m.body[a:b])
+    keyed = sorted(range(len(frags)), key=lambda j: order[j % len(order)] * 100 + j)
+    return [encode_plain(ContentType.HANDSHAKE, first_seq + n, frags[j]) for n, j in enumerate(keyed)]
+
+
+@FUZZ
+@given(st.sampled_from(["default", "hint-coalesced"]), fragmentation())
+def test_server_flight_any_fragmentation_and_order_reassembled(
+        variant: str, frag: tuple[list[list[int]], list[int], int]) -> None:
+    """Any split of the server's flight into fragments, delivered in any order with overlapping duplicates,
+    reassembles: the client reaches WAIT_FINISHED and the handshake completes."""
+    cuts, order, seed = frag
+    pair = pair_at(variant, 3)
+    flight = pair.s2c()
+    records = _refragment(flight, cuts, order, seed, first_seq=20)
+    to_client(pair, records)
+    assert pair.client.state is State.CLIENT_WAIT_FINISHED, drain(pair.client)
+    half_steps(pair, 2)
+    assert pair.client.is_established and pair.server.connections[CLIENT_ADDR].is_established
+
+
+@FUZZ
+@given(fragmentation(max_messages=1))
+def test_client_final_flight_any_fragmentation_and_order_reassembled(
+        frag: tuple[list[list[int]], list[int], int]) -> None:
+    """The ClientKeyExchange in arbitrary fragments, in any order relative to the CCS and Finished."""
+    cuts, order, seed = frag
+    pair = pair_at("default", 4)
+    (final,) = pair.c2s()
+    cke, ccs, fin = raw_records(final)
+    pieces = [*_refragment([cke], cuts, order, seed, first_seq=20), ccs, fin]
+    rng = random.Random(seed)
+    rng.shuffle(pieces)
+    to_server(pair, pieces)
+    assert pair.server.connections[CLIENT_ADDR].is_established
+    to_client(pair, pair.s2c())
+    assert pair.client.is_established
