@@ -706,3 +706,42 @@ def test_hello_request_from_server_refused_by_client() -> None:
     to_server(pair, replies)
     assert server_events(pair) == [AlertReceived(AlertLevel.WARNING, AlertDescription.no_renegotiation)]
     assert pair.client.is_established and conn.is_established and drain(pair.client) == []
+
+
+STALE_BUG = ("connection.py _handle_record: any epoch-1 record that fails authentication while waiting for the "
+             "Finished raises BadRecordMac; a stale record of the previous session (or any injected garbage) "
+             "kills the new handshake instead of being dropped (RFC 6347 4.1.2.7)")
+
+
+@pytest.mark.xfail(strict=True, reason=STALE_BUG)
+def test_reboot_with_stale_server_record_in_flight() -> None:
+    pair = established_pair()
+    pair.server.send(CLIENT_ADDR, b"for the old session")
+    stale = pair.s2c()
+    pair.client = DTLSConnection(client_config(seed=99), peer="server")  # the client reboots
+    pair.client.connect(pair.now)
+    to_client(pair, stale)  # arrives late, during the new handshake
+    pair.pump()
+    assert pair.client.is_established and pair.server_conn.is_established
+
+
+@pytest.mark.xfail(strict=True, reason=STALE_BUG)
+def test_reboot_with_stale_client_record_in_flight() -> None:
+    pair = established_pair()
+    pair.client.send(b"from the old session")
+    stale = pair.c2s()
+    pair.client = DTLSConnection(client_config(seed=99), peer="server")
+    pair.client.connect(pair.now)
+    half_steps(pair, 3)  # the new session is being set up on the server
+    to_server(pair, stale)  # the old session's record, delayed in the network
+    pair.pump()
+    assert pair.client.is_established and pair.server_conn.is_established
+
+
+def test_stale_record_after_the_handshake_dropped_silently() -> None:
+    old = established_pair()
+    old.server.send(CLIENT_ADDR, b"old")
+    stale = old.s2c()
+    pair = established_pair(client_kw={"seed": 99})
+    to_client(pair, stale)
+    assert drain(pair.client) == [] and pair.client.is_established and pair.c2s() == []
