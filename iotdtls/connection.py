@@ -40,6 +40,7 @@ from .record import _HDR, SEQ_MASK, Record, split_records
 
 MAX_EARLY_DATA = 8
 _APPDATA = bytes((ContentType.APPLICATION_DATA,))
+_RENEGOTIATION = frozenset({HandshakeType.HELLO_REQUEST, HandshakeType.CLIENT_HELLO})
 
 
 class IdleTimeout(DTLSError):
@@ -214,10 +215,12 @@ class DTLSConnection(HandshakeLayer):
                 assert self._read_cipher is not None
                 opened = self._read_cipher.unprotect(record)
                 if opened is None:
-                    if self._state in WAITING_FINISHED:
-                        # A Finished that fails authentication means the keys differ: fail fast.
+                    if self._state in WAITING_FINISHED and record.content_type == ContentType.HANDSHAKE:
+                        # The peer's Finished does not authenticate: our keys differ (wrong PSK). Fail fast
+                        # instead of hanging (openssl #10906). Other records, e.g. stale ones of a previous
+                        # session, are dropped as RFC 6347 4.1.2.7 says.
                         raise BadRecordMac("record failed authentication during the handshake")
-                    return  # RFC 6347 4.1.2.7: drop silently
+                    return
                 payload = opened
             window.mark(record.seq)
             if epoch == 1 and self._config.idle_timeout is not None and self._state is State.ESTABLISHED:
@@ -250,13 +253,16 @@ class DTLSConnection(HandshakeLayer):
 
     def _on_handshake(self, payload: bytes, epoch: int, now: float) -> None:
         reasm = self._reasm
+        established = self._state is State.ESTABLISHED
         for frag in parse_fragments(payload):
-            if frag.message_seq < reasm.next_seq:
+            if established and frag.msg_type in _RENEGOTIATION:
+                self._refuse_renegotiation(frag.msg_type)  # any message_seq: a new handshake restarts at 0
+            elif frag.message_seq < reasm.next_seq:
                 self._peer_retransmitted(now)
-                continue
-            if self._state is State.ESTABLISHED or self._state is State.CLOSED:
-                self._refuse_renegotiation(frag.msg_type)
-                continue
+            elif established:
+                raise UnexpectedMessage("handshake message after the handshake")
+            else:
+                reasm.add(frag, epoch)
             reasm.add(frag, epoch)
         while self._state in HANDSHAKING:
             msg = reasm.pop()
@@ -268,10 +274,7 @@ class DTLSConnection(HandshakeLayer):
             expect((self._state, msg_type))(self, body, reasm.next_seq - 1, now)
 
     def _refuse_renegotiation(self, msg_type: int) -> None:
-        if msg_type in (HandshakeType.HELLO_REQUEST, HandshakeType.CLIENT_HELLO):
-            self._send_alert(AlertLevel.WARNING, AlertDescription.no_renegotiation)
-        else:
-            raise UnexpectedMessage("handshake message after the handshake")
+        self._send_alert(AlertLevel.WARNING, AlertDescription.no_renegotiation)
 
     def _peer_retransmitted(self, now: float) -> None:
         if self._flight and now - self._last_sent >= self._min_trigger_interval:

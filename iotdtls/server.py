@@ -21,10 +21,11 @@ from .errors import DTLSError
 from .events import Event
 from .messages import ClientHello, HelloVerifyRequest, pull_client_hello, push_hello_verify_request
 from .reassembly import Fragment, _Partial, message_header, parse_fragments
-from .record import encode_plain, split_records
+from .record import MAX_SEQ, encode_plain, split_records
 
 Address = Hashable
 MAX_PARTIAL_HELLOS = 64
+MAX_HELLO_SEQ = 16
 
 
 class ConnectionReplaced(DTLSError):
@@ -58,7 +59,7 @@ class DTLSServer:
     # -- sans-IO API -----------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         conn = self.connections.get(addr)
-        if conn is not None and not self._is_new_hello(data, addr, conn):
+        if conn is not None and not self._is_client_hello(data):
             conn.receive_datagram(data, now)
             self._collect(addr, conn)
             return
@@ -128,16 +129,11 @@ class DTLSServer:
                 self._heap = [(t, next(self._counter), a) for a, t in self._armed.items()]
                 heapq.heapify(self._heap)
 
-    def _is_new_hello(self, data: bytes, addr: Address, conn: DTLSConnection) -> bool:
-        """A plaintext ClientHello that starts a new handshake on an address that has a connection."""
-        if len(data) < 13 + 12 + 34 or data[0] != ContentType.HANDSHAKE or data[3:5] != b"\x00\x00":
-            return False
-        if data[13] != HandshakeType.CLIENT_HELLO:
-            return False
-        if data[13 + 6 : 13 + 9] != b"\x00\x00\x00":  # a later fragment: new only if we collect its hello
-            return (addr, int.from_bytes(data[13 + 4 : 13 + 6], "big")) in self._partial_hellos
-        random = data[13 + 12 + 2 : 13 + 12 + 34]
-        return conn.is_closed or random != conn.client_random
+    @staticmethod
+    def _is_client_hello(data: bytes) -> bool:
+        """A plaintext (epoch 0) handshake record that carries a ClientHello (or a fragment of one)."""
+        return len(data) >= 25 and data[0] == ContentType.HANDSHAKE and data[3:5] == b"\x00\x00" and \
+            data[13] == HandshakeType.CLIENT_HELLO
 
     def _stateless(self, data: bytes, addr: Address, now: float, existing: DTLSConnection | None) -> None:
         parsed = self._parse_hello(data, addr)
@@ -145,6 +141,17 @@ class DTLSServer:
             self.stats["dropped_invalid"] += 1
             return
         hello, body, msg_seq, rec_seq = parsed
+        if existing is not None and not existing.is_closed and hello.random == existing.client_random:
+            # The hello that created this connection, retransmitted or replayed: the connection decides
+            # whether its peer is asking for a retransmission.
+            existing.receive_datagram(data, now)
+            self._collect(addr, existing)
+            return
+        if msg_seq > MAX_HELLO_SEQ or rec_seq > MAX_SEQ - (1 << 16):
+            # No client starts that high (message_seq counts HelloVerifyRequests); continuing would run our
+            # own counters, which start from these values, out of their 16 / 48 bits.
+            self.stats["dropped_invalid"] += 1
+            return
         addr_bytes = repr(addr).encode()
         bare = hello_without_cookie(body)
         if self._config.cookies and not self._cookies.verify(hello.cookie, addr_bytes, bare, now):

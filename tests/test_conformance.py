@@ -686,9 +686,6 @@ def _no_internal_error(pair: Pair) -> None:
             assert not isinstance(e.error, InternalError), e.error
 
 
-@pytest.mark.xfail(strict=True, reason="the server copies the ClientHello message_seq into its own counter; "
-                   "at 65535 the next message_seq no longer fits 16 bits -> struct.error -> internal_error "
-                   "(handshake.py _server_accept: self._send_seq = seq)")
 def test_client_hello_message_seq_at_limit_is_not_internal_error() -> None:
     pair, hello = _accepted_hello_with(0xFFFF, 1)
     to_server(pair, [hello])
@@ -701,10 +698,6 @@ def test_client_hello_large_message_seq_without_overflow() -> None:
     _no_internal_error(pair)
 
 
-@pytest.mark.xfail(strict=True, reason="the server starts its epoch-0 write sequence at the ClientHello's "
-                   "record sequence number; at 2^48-1 its ChangeCipherSpec exhausts the space -> "
-                   "InternalError, and the alert cannot be sent either (connection.py accept: "
-                   "self._write_seq[0] = record_seq; transport.py _write_record)")
 def test_client_hello_record_seq_at_limit_is_not_internal_error() -> None:
     pair, hello = _accepted_hello_with(1, (1 << 48) - 1)
     to_server(pair, [hello])
@@ -736,10 +729,7 @@ def test_client_hello_fragments_accepted(size: int, per_datagram: int) -> None:
 
 @pytest.mark.parametrize(("size", "per_datagram"), [
     (20, 1), (40, 1), (40, 2), (96, 1),
-    pytest.param(20, 2, marks=pytest.mark.xfail(strict=True, reason=(
-        "server.py _is_new_hello reads the 32-byte random at a fixed offset of the datagram; when the first "
-        "fragment holds fewer than 34 body bytes it compares other bytes (the next record's header), so a "
-        "replay of the session's own ClientHello is taken for a new handshake and replaces the session"))),
+    (20, 2),
 ])
 def test_replayed_client_hello_fragments_do_not_replace_the_session(size: int, per_datagram: int) -> None:
     pair, _, body = _cookie_hello()

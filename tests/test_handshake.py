@@ -686,9 +686,6 @@ def test_renegotiation_refused_with_no_renegotiation_warning() -> None:
     _check_renegotiation_refused(pair, pair.client._send_seq)  # message_seq continuing the handshake's
 
 
-@pytest.mark.xfail(strict=True, reason="an epoch-1 ClientHello with message_seq 0 (RFC 6347 4.2.2: every new "
-                   "handshake starts at 0) is taken for a retransmission and silently ignored (connection.py "
-                   "_on_handshake checks message_seq < next_seq before the ESTABLISHED check)")
 def test_renegotiation_hello_with_message_seq_zero_refused() -> None:
     pair = established_pair()
     pair.now = 5.0
@@ -713,7 +710,6 @@ STALE_BUG = ("connection.py _handle_record: any epoch-1 record that fails authen
              "kills the new handshake instead of being dropped (RFC 6347 4.1.2.7)")
 
 
-@pytest.mark.xfail(strict=True, reason=STALE_BUG)
 def test_reboot_with_stale_server_record_in_flight() -> None:
     pair = established_pair()
     pair.server.send(CLIENT_ADDR, b"for the old session")
@@ -725,7 +721,6 @@ def test_reboot_with_stale_server_record_in_flight() -> None:
     assert pair.client.is_established and pair.server_conn.is_established
 
 
-@pytest.mark.xfail(strict=True, reason=STALE_BUG)
 def test_reboot_with_stale_client_record_in_flight() -> None:
     pair = established_pair()
     pair.client.send(b"from the old session")
