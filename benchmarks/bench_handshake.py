@@ -16,8 +16,11 @@ The in-memory :class:`IotPair` defined here is also used by :mod:`benchmarks.ben
 
 from __future__ import annotations
 
+import cProfile
 import gc
+import pstats
 import statistics
+import sys
 import time
 from typing import Final
 
@@ -33,6 +36,7 @@ __all__ = [
     "interleaved",
     "iotdtls_handshake",
     "main",
+    "profile",
     "server_config",
 ]
 
@@ -139,12 +143,13 @@ def iotdtls_handshake(*, handshakes: int = 2000) -> tuple[float, float]:
     return statistics.median(samples), statistics.median(setups)
 
 
-def interleaved(*, handshakes: int = 2000, blocks: int = 10) -> tuple[float, float, float]:
-    """``(iotdtls s, tinydtls s, iotdtls setup s)``, measured in alternating blocks of handshakes.
+def interleaved(*, handshakes: int = 2000, blocks: int = 10) -> tuple[float, float, float, float]:
+    """``(iotdtls s, tinydtls s, iotdtls setup s, rate ratio)``, measured in alternating blocks of handshakes.
 
     Each block times ``handshakes // blocks`` handshakes of each stack; a stack's figure is the median of its
-    block medians (tinydtls through :func:`benchmarks.baselines.tinydtls_handshake`).  Alternating keeps the
-    ratio honest when the machine's speed drifts during the run.
+    block medians (tinydtls through :func:`benchmarks.baselines.tinydtls_handshake`) and the rate ratio
+    (iotdtls handshakes/s over tinydtls') the median of the per-block ratios.  Alternating, and taking ratios
+    within a block, keeps the ratio honest when the machine's speed drifts during the run.
     """
     per_block = max(1, handshakes // blocks)
     ccfg, scfg = client_config(), server_config()
@@ -157,7 +162,8 @@ def interleaved(*, handshakes: int = 2000, blocks: int = 10) -> tuple[float, flo
         setup.append(statistics.median(setups))
         gc.collect()
         tiny.append(tinydtls_handshake(handshakes=per_block))
-    return statistics.median(ours), statistics.median(tiny), statistics.median(setup)
+    ratio = statistics.median(t / o for t, o in zip(tiny, ours, strict=True))
+    return statistics.median(ours), statistics.median(tiny), statistics.median(setup), ratio
 
 
 def handshake_phases(*, handshakes: int = 500) -> list[tuple[str, float]]:
@@ -213,12 +219,32 @@ def handshake_phases(*, handshakes: int = 500) -> list[tuple[str, float]]:
     return [(label, statistics.median(column)) for label, column in zip(labels, columns, strict=True)]
 
 
+def profile(*, handshakes: int = 2000, top: int = 30) -> None:
+    """cProfile ``handshakes`` handshakes (setup excluded) and print the ``top`` functions by own time.
+
+    cProfile adds a fixed cost per call, so it overstates small Python functions against C calls; use it for
+    call counts and shape, and :func:`handshake_phases` / ``py-spy`` for real time.
+    """
+    ccfg, scfg = client_config(), server_config()
+    pairs = [IotPair(ccfg, scfg) for _ in range(handshakes)]
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for pair in pairs:
+        pair.handshake()
+    profiler.disable()
+    for pair in pairs:
+        pair.check_established()
+    stats = pstats.Stats(profiler)
+    print(f"cProfile of {handshakes} iotdtls handshakes ({stats.total_calls / handshakes:.0f} calls each)")  # type: ignore[attr-defined]
+    stats.sort_stats("tottime").print_stats(top)
+
+
 def main() -> dict[str, float]:
     """Measure both stacks in this process, print a short table and return the figures."""
     dtls.setLogLevel(dtls.DTLS_LOG_EMERG)
-    ours, tiny, setup = interleaved()
-    ratio = tiny / ours  # rate ratio: (1/ours) / (1/tiny)
-    print("PSK handshake, cookie exchange + EMS, client and server in one process (median per handshake)")
+    ours, tiny, setup, ratio = interleaved()  # ratio of rates: (1/ours) / (1/tiny), per block
+    print("PSK handshake, cookie exchange + EMS, client and server in one process "
+          "(median per handshake; ratio: median of per-block ratios)")
     print(f"  {'':30} {'us/handshake':>13} {'handshakes/s':>13} {'rate vs tinydtls':>17}")
     print(f"  {'iotdtls':30} {ours * 1e6:13.1f} {1 / ours:13.0f} {ratio:16.2f}x")
     print(f"  {'tinydtls (DTLSSocket)':30} {tiny * 1e6:13.1f} {1 / tiny:13.0f} {1.0:16.2f}x")
@@ -242,4 +268,7 @@ def main() -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    if "--profile" in sys.argv[1:]:
+        profile()
+    else:
+        main()

@@ -11,8 +11,10 @@ sequence number per record, so the replay window accepts every one:
 * ``server front`` - the same, but the datagram enters through :meth:`DTLSServer.receive_datagram` (address
   lookup, new-ClientHello check, collecting output and events) and the event comes from
   :meth:`DTLSServer.next_event`; this is what the tinydtls baseline's ``handleMessage`` does.
-* ``record layer`` - the bare record path without a connection: :meth:`CipherState.protect`,
+* ``record layer (unprotect)`` - the bare record path without a connection: :meth:`CipherState.protect`,
   :func:`split_records`, :meth:`ReplayWindow.is_fresh`, :meth:`CipherState.unprotect`, :meth:`ReplayWindow.mark`.
+* ``record layer (open)`` - the same through the single-record path the connection uses for application data
+  (one header unpack and ``CipherState.open`` on the datagram); skipped when ``CipherState`` has no ``open``.
 * a component breakdown of the record layer (each piece alone) next to bare ``AESCCM.encrypt`` / ``decrypt``.
 
 The floor (:func:`benchmarks.baselines.aesccm_floor`) and tinydtls (:func:`benchmarks.baselines.tinydtls_record`)
@@ -23,8 +25,12 @@ each series, outside the clock.
 
 from __future__ import annotations
 
+import cProfile
 import gc
+import pstats
 import statistics
+import struct
+import sys
 import time
 from collections.abc import Callable
 from typing import Final
@@ -40,19 +46,22 @@ from iotdtls.record import CipherState, split_records
 from iotdtls.replay import ReplayWindow
 
 __all__ = [
+    "Interleaved",
     "connection_series",
     "interleaved",
     "main",
+    "profile",
     "record_breakdown",
     "record_connection",
     "record_layer",
+    "record_layer_open_series",
     "record_layer_series",
     "record_server_front",
     "server_front_series",
 ]
 
 PAYLOAD_LEN: Final = 64
-LOOPS: Final = 20000
+LOOPS: Final = 10000  # per series; the baselines default to 20000, which doubles the run time
 REPEATS: Final = 9
 TARGET_FLOOR_RATIO: Final = 1.25
 KEY: Final = bytes(range(16))
@@ -60,6 +69,8 @@ IV: Final = bytes(4)
 TAG_LEN: Final = 8  # AES-128-CCM-8
 APPLICATION_DATA: Final = int(ContentType.APPLICATION_DATA)
 EPOCH1: Final = 1 << 48
+SEQ_MASK: Final = (1 << 48) - 1
+_HEADER: Final = struct.Struct(">BHQH")  # record header: type, version, epoch << 48 | seq, length
 
 
 def _timed(run: Callable[[int], None], loops: int, repeats: int) -> float:
@@ -175,6 +186,45 @@ def record_layer(payload_len: int = PAYLOAD_LEN, *, loops: int = LOOPS, repeats:
     return _timed(record_layer_series(payload_len), loops, repeats)
 
 
+def record_layer_open_series(payload_len: int = PAYLOAD_LEN) -> Callable[[int], None] | None:
+    """The record layer as the connection's single-record fast path drives it, or ``None`` without that API.
+
+    ``CipherState.protect``, one header unpack, replay check, ``CipherState.open`` on the datagram (no
+    :class:`Record`, no fragment copy), replay mark.
+    """
+    write = CipherState(KEY, IV, TAG_LEN)
+    read = CipherState(KEY, IV, TAG_LEN)
+    open_record = getattr(read, "open", None)
+    if open_record is None:
+        return None
+    window = ReplayWindow(64)
+    protect = write.protect
+    is_fresh = window.is_fresh
+    mark = window.mark
+    unpack = _HEADER.unpack_from
+    payload = bytes(payload_len)
+    next_seq = [EPOCH1]
+
+    def run(n: int) -> None:
+        epoch_seq = next_seq[0]
+        accepted = 0
+        for _ in range(n):
+            epoch_seq += 1
+            datagram = protect(APPLICATION_DATA, epoch_seq, payload)
+            ctype, version, rec_epoch_seq, _length = unpack(datagram)
+            seq = rec_epoch_seq & SEQ_MASK
+            if is_fresh(seq):
+                plain = open_record(ctype, version, rec_epoch_seq, datagram, 13, len(datagram))
+                if plain is not None:
+                    mark(seq)
+                    accepted += 1
+        next_seq[0] = epoch_seq
+        if accepted != n or plain != payload:
+            raise AssertionError("record layer (open) lost records")
+
+    return run
+
+
 def record_breakdown(payload_len: int = PAYLOAD_LEN, *, loops: int = LOOPS, repeats: int = 5) -> dict[str, float]:
     """Seconds per call of each record-layer piece alone, and of bare AESCCM encrypt / decrypt."""
     cipher = CipherState(KEY, IV, TAG_LEN)
@@ -237,17 +287,35 @@ def _series_seconds(run: Callable[[int], None], loops: int) -> float:
     return (time.perf_counter() - t0) / loops
 
 
-def interleaved(payload_len: int = PAYLOAD_LEN, *, loops: int = LOOPS, repeats: int = REPEATS) -> dict[str, float]:
-    """Median seconds per record of every contender, measured round-robin: one series of each per round.
+class Interleaved:
+    """Samples of every contender from round-robin series; ratios are medians of per-round ratios."""
 
-    The peers come from :mod:`benchmarks.baselines` (one repeat per call); interleaving keeps the ratios
-    honest when the machine's speed drifts during the run.
+    def __init__(self, samples: dict[str, list[float]]) -> None:
+        self.samples = samples
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.samples[name])
+
+    def ratio(self, name: str, reference: str) -> float:
+        """Median over rounds of ``name / reference`` (both measured in the same round)."""
+        pairs = zip(self.samples[name], self.samples[reference], strict=True)
+        return statistics.median(a / b for a, b in pairs)
+
+
+def interleaved(payload_len: int = PAYLOAD_LEN, *, loops: int = LOOPS, repeats: int = REPEATS) -> Interleaved:
+    """Seconds per record of every contender, measured round-robin: one series of each per round.
+
+    The peers come from :mod:`benchmarks.baselines` (one repeat per call).  Interleaving, and taking ratios
+    within a round, keeps the ratios honest when the machine's speed drifts during the run.
     """
     ours = {
-        "iotdtls connection": connection_series(payload_len),
-        "iotdtls server front": server_front_series(payload_len),
-        "iotdtls record layer": record_layer_series(payload_len),
+        "connection": connection_series(payload_len),
+        "server front": server_front_series(payload_len),
+        "record layer": record_layer_series(payload_len),
     }
+    open_series = record_layer_open_series(payload_len)
+    if open_series is not None:
+        ours["record layer (open)"] = open_series
     for run in ours.values():
         run(min(loops, 1000))  # warm-up
     samples: dict[str, list[float]] = {"floor": [], "tinydtls": [], **{name: [] for name in ours}}
@@ -258,51 +326,83 @@ def interleaved(payload_len: int = PAYLOAD_LEN, *, loops: int = LOOPS, repeats: 
         samples["tinydtls"].append(tinydtls_record(payload_len, loops=loops, repeats=1))
         for name, run in ours.items():
             samples[name].append(_series_seconds(run, loops))
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return Interleaved(samples)
+
+
+def profile(*, records: int = 100000, top: int = 25) -> None:
+    """cProfile the connection -> connection record path and print the ``top`` functions by own time.
+
+    cProfile adds a fixed cost per call, so it overstates small Python functions against the AEAD calls; use it
+    for call counts and shape, and the pieces timed by :func:`record_breakdown` for real time.
+    """
+    run = connection_series()
+    run(1000)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run(records)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    print(f"cProfile of {records} records, connection -> connection "
+          f"({stats.total_calls / records:.1f} calls each)")  # type: ignore[attr-defined]
+    stats.sort_stats("tottime").print_stats(top)
+
+
+_LABELS: Final = {
+    "floor": "AESCCM seal+open floor",
+    "tinydtls": "tinydtls write+handleMessage",
+    "connection": "iotdtls connection -> connection",
+    "server front": "iotdtls via DTLSServer front",
+    "record layer": "iotdtls record layer (unprotect)",
+    "record layer (open)": "iotdtls record layer (open)",
+}
+_KEYS: Final = {
+    "floor": "aesccm_floor",
+    "tinydtls": "tinydtls_record",
+    "connection": "iotdtls_connection",
+    "server front": "iotdtls_server_front",
+    "record layer": "iotdtls_record_layer",
+    "record layer (open)": "iotdtls_record_layer_open",
+}
 
 
 def main() -> dict[str, float]:
-    """Measure everything in this process, print a short table and return the figures (seconds)."""
+    """Measure everything in this process, print a short table and return the figures.
+
+    Keys: ``<name>_s`` (median seconds per record), ``<name>_vs_floor`` and ``<name>_vs_tinydtls`` (medians of
+    per-round ratios) for every iotdtls path, and ``part <piece> s`` for the record-layer pieces.
+    """
     dtls.setLogLevel(dtls.DTLS_LOG_EMERG)
-    med = interleaved()
+    res = interleaved()
     parts = record_breakdown()
-    floor, tiny = med["floor"], med["tinydtls"]
-    connection, front, layer = (med["iotdtls connection"], med["iotdtls server front"],
-                                med["iotdtls record layer"])
-    rows = [
-        ("AESCCM seal+open floor", floor),
-        ("tinydtls write+handleMessage", tiny),
-        ("iotdtls connection -> connection", connection),
-        ("iotdtls via DTLSServer front", front),
-        ("iotdtls record layer only", layer),
-    ]
-    print(f"Record protect + unprotect, {PAYLOAD_LEN}-byte payload, AES-128-CCM-8 (median per record)")
+    print(f"Record protect + unprotect, {PAYLOAD_LEN}-byte payload, AES-128-CCM-8 "
+          "(median per record; ratios: median of per-round ratios)")
     print(f"  {'':34} {'us':>7} {'x floor':>8} {'x tinydtls':>11}")
-    for name, secs in rows:
-        print(f"  {name:34} {secs * 1e6:7.2f} {secs / floor:7.2f}x {secs / tiny:10.2f}x")
+    figures: dict[str, float] = {}
+    for name in res.samples:
+        key = _KEYS[name]
+        secs = res.median(name)
+        vs_floor, vs_tiny = res.ratio(name, "floor"), res.ratio(name, "tinydtls")
+        figures[f"{key}_s"] = secs
+        if name != "floor":
+            figures[f"{key}_vs_floor"] = vs_floor
+        if name not in ("floor", "tinydtls"):
+            figures[f"{key}_vs_tinydtls"] = vs_tiny
+        print(f"  {_LABELS[name]:34} {secs * 1e6:7.2f} {vs_floor:7.2f}x {vs_tiny:10.2f}x")
     print("  record-layer pieces, each alone (us):")
     for name, secs in parts.items():
         print(f"    {name:32} {secs * 1e6:7.2f}")
-    for name, secs in (("connection", connection), ("record layer", layer)):
-        verdict = "met" if secs / floor <= TARGET_FLOOR_RATIO else "NOT met"
-        print(f"  target <= {TARGET_FLOOR_RATIO}x floor ({floor * TARGET_FLOOR_RATIO * 1e6:.2f} us), "
-              f"{name}: {verdict}")
-    figures = {
-        "aesccm_floor_s": floor,
-        "tinydtls_record_s": tiny,
-        "iotdtls_connection_s": connection,
-        "iotdtls_server_front_s": front,
-        "iotdtls_record_layer_s": layer,
-        "connection_vs_floor": connection / floor,
-        "server_front_vs_floor": front / floor,
-        "record_layer_vs_floor": layer / floor,
-        "connection_vs_tinydtls": connection / tiny,
-        "server_front_vs_tinydtls": front / tiny,
-        "record_layer_vs_tinydtls": layer / tiny,
-    }
-    figures.update({f"part {name} s": secs for name, secs in parts.items()})
+        figures[f"part {name} s"] = secs
+    floor = res.median("floor")
+    for name in ("connection", "record layer", "record layer (open)"):
+        if name in res.samples:
+            verdict = "met" if res.ratio(name, "floor") <= TARGET_FLOOR_RATIO else "NOT met"
+            print(f"  target <= {TARGET_FLOOR_RATIO}x floor ({floor * TARGET_FLOOR_RATIO * 1e6:.2f} us), "
+                  f"{name}: {verdict}")
     return figures
 
 
 if __name__ == "__main__":
-    main()
+    if "--profile" in sys.argv[1:]:
+        profile()
+    else:
+        main()
