@@ -692,6 +692,41 @@ def test_renegotiation_hello_with_message_seq_zero_refused() -> None:
     _check_renegotiation_refused(pair, 0)
 
 
+LEFTOVER_ADD = ("connection.py _on_handshake ends its loop with an unconditional `reasm.add(frag, epoch)` "
+                 "(left over after the if/elif chain), so retransmitted and refused messages are stored in the "
+                 "reassembler: they stay there for good, and a second message with the same message_seq but "
+                 "another length raises IllegalParameter")
+
+
+@pytest.mark.xfail(strict=True, reason=LEFTOVER_ADD)
+def test_renegotiation_refused_repeatedly_keeps_the_session() -> None:
+    pair = established_pair()
+    for seed in (77, 78):
+        body = client_hello_datagram(seed=seed)[13 + 12:]
+        if seed == 78:  # a different hello: one more (unknown) extension, 4 bytes longer
+            ext_len = int.from_bytes(body[-6:-4], "big")
+            body = body[:-6] + (ext_len + 4).to_bytes(2, "big") + body[-4:] + b"\xaa\xaa\x00\x00"
+        payload = message_header(HandshakeType.CLIENT_HELLO, len(body), 0) + body
+        to_server(pair, [pair.client._write_record(1, ContentType.HANDSHAKE, payload)])
+        assert server_events(pair) == []
+        to_client(pair, pair.s2c())
+        assert drain(pair.client) == [AlertReceived(AlertLevel.WARNING, AlertDescription.no_renegotiation)]
+    assert pair.server_conn.is_established
+
+
+@pytest.mark.xfail(strict=True, reason=LEFTOVER_ADD)
+def test_reassembler_keeps_nothing_of_processed_messages() -> None:
+    pair = Pair()
+    pair.client.connect(pair.now)
+    half_steps(pair, 5)
+    pair.s2c()  # the server's final flight is lost: the client repeats its flight
+    pair.now = 2.0
+    pair.client.handle_timer(pair.now)
+    pair.pump()
+    assert pair.client.is_established
+    assert pair.server_conn._reasm._parts == {} and pair.client._reasm._parts == {}
+
+
 def test_hello_request_from_server_refused_by_client() -> None:
     pair = established_pair()
     conn = pair.server_conn
@@ -705,9 +740,8 @@ def test_hello_request_from_server_refused_by_client() -> None:
     assert pair.client.is_established and conn.is_established and drain(pair.client) == []
 
 
-STALE_BUG = ("connection.py _handle_record: any epoch-1 record that fails authentication while waiting for the "
-             "Finished raises BadRecordMac; a stale record of the previous session (or any injected garbage) "
-             "kills the new handshake instead of being dropped (RFC 6347 4.1.2.7)")
+# A stale record of the previous session (or any injected garbage) must be dropped (RFC 6347 4.1.2.7), not
+# taken for a Finished that fails authentication.
 
 
 def test_reboot_with_stale_server_record_in_flight() -> None:
