@@ -263,7 +263,6 @@ class DTLSConnection(HandshakeLayer):
                 raise UnexpectedMessage("handshake message after the handshake")
             else:
                 reasm.add(frag, epoch)
-            reasm.add(frag, epoch)
         while self._state in HANDSHAKING:
             msg = reasm.pop()
             if msg is None:

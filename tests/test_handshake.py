@@ -698,7 +698,6 @@ LEFTOVER_ADD = ("connection.py _on_handshake ends its loop with an unconditional
                  "another length raises IllegalParameter")
 
 
-@pytest.mark.xfail(strict=True, reason=LEFTOVER_ADD)
 def test_renegotiation_refused_repeatedly_keeps_the_session() -> None:
     pair = established_pair()
     for seed in (77, 78):
@@ -714,7 +713,6 @@ def test_renegotiation_refused_repeatedly_keeps_the_session() -> None:
     assert pair.server_conn.is_established
 
 
-@pytest.mark.xfail(strict=True, reason=LEFTOVER_ADD)
 def test_reassembler_keeps_nothing_of_processed_messages() -> None:
     pair = Pair()
     pair.client.connect(pair.now)
