@@ -692,10 +692,8 @@ def test_renegotiation_hello_with_message_seq_zero_refused() -> None:
     _check_renegotiation_refused(pair, 0)
 
 
-LEFTOVER_ADD = ("connection.py _on_handshake ends its loop with an unconditional `reasm.add(frag, epoch)` "
-                 "(left over after the if/elif chain), so retransmitted and refused messages are stored in the "
-                 "reassembler: they stay there for good, and a second message with the same message_seq but "
-                 "another length raises IllegalParameter")
+# Regression: _on_handshake once stored every fragment in the reassembler, also retransmitted and refused ones;
+# they stayed there for good, and a second hello with the same message_seq but another length was fatal.
 
 
 def test_renegotiation_refused_repeatedly_keeps_the_session() -> None:
