@@ -50,8 +50,9 @@ class IdleTimeout(DTLSError):
 class DTLSConnection(HandshakeLayer):
     """One DTLS association. Create it with a :class:`DTLSConfiguration`; clients call :meth:`connect`."""
 
-    def __init__(self, config: DTLSConfiguration, *, peer: object = None) -> None:
-        config.validate()
+    def __init__(self, config: DTLSConfiguration, *, peer: object = None, validate: bool = True) -> None:
+        if validate:  # DTLSServer validates its configuration once, not per connection
+            config.validate()
         super().__init__(config)
         self.peer = peer
         self._events: deque[Event] = deque()
@@ -139,8 +140,11 @@ class DTLSConnection(HandshakeLayer):
     def get_timer(self) -> float | None:
         if self._state is State.CLOSED:
             return None
-        times = [t for t in (self._timer_at, self._hs_deadline, self._idle_deadline) if t is not None]
-        return min(times) if times else None
+        when = self._timer_at
+        for t in (self._hs_deadline, self._idle_deadline):
+            if t is not None and (when is None or t < when):
+                when = t
+        return when
 
     def handle_timer(self, now: float) -> None:
         if self._state is State.CLOSED:

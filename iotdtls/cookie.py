@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hmac
 
+from .prf import HmacSha256Key
+
 COOKIE_LEN = 16
 
 
@@ -18,20 +20,20 @@ class CookieJar:
             raise ValueError("cookie master key must have at least 16 bytes")
         self._master = master_key
         self._lifetime = lifetime
-        self._cache: dict[int, bytes] = {}
+        self._cache: dict[int, HmacSha256Key] = {}
 
-    def _secret(self, period: int) -> bytes:
+    def _secret(self, period: int) -> HmacSha256Key:
         secret = self._cache.get(period)
         if secret is None:
             if len(self._cache) > 4:
                 self._cache.clear()
-            secret = hmac.digest(self._master, b"cookie" + period.to_bytes(8, "big", signed=True), "sha256")
-            self._cache[period] = secret
+            key = hmac.digest(self._master, b"cookie" + period.to_bytes(8, "big", signed=True), "sha256")
+            secret = self._cache[period] = HmacSha256Key(key)
         return secret
 
     def make(self, address: bytes, hello_without_cookie: bytes, now: float) -> bytes:
         period = int(now // self._lifetime)
-        return hmac.digest(self._secret(period), address + hello_without_cookie, "sha256")[:COOKIE_LEN]
+        return self._secret(period).digest(address + hello_without_cookie)[:COOKIE_LEN]
 
     def verify(self, cookie: bytes, address: bytes, hello_without_cookie: bytes, now: float) -> bool:
         if len(cookie) != COOKIE_LEN:
@@ -39,7 +41,7 @@ class CookieJar:
         period = int(now // self._lifetime)
         msg = address + hello_without_cookie
         for p in (period, period - 1):
-            expected = hmac.digest(self._secret(p), msg, "sha256")[:COOKIE_LEN]
+            expected = self._secret(p).digest(msg)[:COOKIE_LEN]
             if hmac.compare_digest(expected, cookie):
                 return True
         return False

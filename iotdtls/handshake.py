@@ -36,7 +36,7 @@ from .messages import (
     push_psk_identity,
     push_server_hello,
 )
-from .prf import finished_verify_data, key_block, master_secret, psk_premaster
+from .prf import HmacSha256Key, finished_verify_data, key_block, master_secret, psk_premaster
 from .reassembly import CCS, OutMessage, Reassembler, message_header
 from .record import CipherState
 from .transport import RecordLayer
@@ -81,6 +81,7 @@ class HandshakeLayer(RecordLayer):
         self._suite = 0
         self._use_ems = False
         self._master = b""
+        self._master_mac: HmacSha256Key | None = None
         self._identity = b""
         self._identity_hint = b""
         self._psk = b""
@@ -103,7 +104,8 @@ class HandshakeLayer(RecordLayer):
         session_hash = self._transcript.copy().digest() if self._use_ems else None
         self._master = master_secret(psk_premaster(self._psk), self._client_random, self._server_random,
                                      session_hash)
-        kb = key_block(self._master, self._client_random, self._server_random, 2 * (key_len + iv_len))
+        self._master_mac = HmacSha256Key(self._master)
+        kb = key_block(self._master_mac, self._client_random, self._server_random, 2 * (key_len + iv_len))
         ck, sk = kb[:key_len], kb[key_len : 2 * key_len]
         civ, siv = kb[2 * key_len : 2 * key_len + iv_len], kb[2 * key_len + iv_len :]
         client_state, server_state = CipherState(ck, civ, tag_len), CipherState(sk, siv, tag_len)
@@ -117,7 +119,8 @@ class HandshakeLayer(RecordLayer):
             log.flush()
 
     def _finished_data(self, is_client: bool) -> bytes:
-        return finished_verify_data(self._master, is_client, self._transcript.copy().digest())
+        assert self._master_mac is not None
+        return finished_verify_data(self._master_mac, is_client, self._transcript.copy().digest())
 
     def _activate_read_epoch(self) -> None:
         """Hook: the connection switches its read side to epoch 1 and replays buffered records."""

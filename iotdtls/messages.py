@@ -6,6 +6,7 @@ its input exactly; trailing bytes are a ``decode_error``.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 from .buffer import Buffer, BufferReadError, Writer
@@ -13,22 +14,29 @@ from .constants import DTLS_1_2, CompressionMethod, ExtensionType
 from .errors import DecodeError, HandshakeFailure
 
 Extensions = list[tuple[int, bytes]]
+_HH = struct.Struct(">HH")
 
 
 def pull_extensions(buf: Buffer) -> Extensions:
     """An optional extension block; each type at most once (RFC 5246 section 7.4.1.4)."""
     if buf.eof():
         return []
+    block = buf.pull_vector(2)
     exts: Extensions = []
     seen: set[int] = set()
-    with buf.pull_block(2):
-        while not buf.eof():
-            ext_type = buf.pull_uint16()
-            data = buf.pull_vector(2)
-            if ext_type in seen:
-                raise DecodeError("duplicate extension")
-            seen.add(ext_type)
-            exts.append((ext_type, data))
+    pos, end = 0, len(block)
+    while pos < end:
+        if end - pos < 4:
+            raise DecodeError("truncated extension header")
+        ext_type, length = _HH.unpack_from(block, pos)
+        pos += 4
+        if pos + length > end:
+            raise DecodeError("extension longer than its block")
+        if ext_type in seen:
+            raise DecodeError("duplicate extension")
+        seen.add(ext_type)
+        exts.append((ext_type, block[pos : pos + length]))
+        pos += length
     return exts
 
 
@@ -81,7 +89,7 @@ def pull_client_hello(buf: Buffer) -> ClientHello:
     raw_suites = buf.pull_vector(2, 2, 0xFFFE)
     if len(raw_suites) % 2:
         raise DecodeError("odd cipher_suites length")
-    suites = [int.from_bytes(raw_suites[i : i + 2], "big") for i in range(0, len(raw_suites), 2)]
+    suites = list(struct.unpack(f">{len(raw_suites) // 2}H", raw_suites))
     compression = buf.pull_vector(1, 1, 255)
     exts = pull_extensions(buf)
     _done(buf)
@@ -94,7 +102,7 @@ def push_client_hello(w: Writer, m: ClientHello) -> None:
     w.push_bytes(m.random)
     w.push_vector(1, m.session_id)
     w.push_vector(1, m.cookie)
-    w.push_vector(2, b"".join(s.to_bytes(2, "big") for s in m.cipher_suites))
+    w.push_vector(2, struct.pack(f">{len(m.cipher_suites)}H", *m.cipher_suites))
     w.push_vector(1, m.compression_methods)
     push_extensions(w, m.extensions)
 

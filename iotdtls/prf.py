@@ -33,8 +33,8 @@ class HmacSha256Key:
         return outer.digest()
 
 
-def p_sha256(secret: bytes, seed: bytes, length: int) -> bytes:
-    mac = HmacSha256Key(secret)
+def p_sha256(secret: bytes | HmacSha256Key, seed: bytes, length: int) -> bytes:
+    mac = secret if isinstance(secret, HmacSha256Key) else HmacSha256Key(secret)
     out = b""
     a = seed
     while len(out) < length:
@@ -43,7 +43,7 @@ def p_sha256(secret: bytes, seed: bytes, length: int) -> bytes:
     return out[:length]
 
 
-def prf(secret: bytes, label: bytes, seed: bytes, length: int) -> bytes:
+def prf(secret: bytes | HmacSha256Key, label: bytes, seed: bytes, length: int) -> bytes:
     return p_sha256(secret, label + seed, length)
 
 
@@ -61,10 +61,10 @@ def master_secret(premaster: bytes, client_random: bytes, server_random: bytes,
     return prf(premaster, b"master secret", client_random + server_random, 48)
 
 
-def key_block(master: bytes, client_random: bytes, server_random: bytes, length: int) -> bytes:
+def key_block(master: bytes | HmacSha256Key, client_random: bytes, server_random: bytes, length: int) -> bytes:
     return prf(master, b"key expansion", server_random + client_random, length)
 
 
-def finished_verify_data(master: bytes, is_client: bool, transcript_hash: bytes) -> bytes:
+def finished_verify_data(master: bytes | HmacSha256Key, is_client: bool, transcript_hash: bytes) -> bytes:
     label = b"client finished" if is_client else b"server finished"
     return prf(master, label, transcript_hash, 12)

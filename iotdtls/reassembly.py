@@ -80,6 +80,24 @@ class _Partial:
         return self.filled == self.length
 
 
+class _Whole:
+    """A message that arrived unfragmented: no copy, no range bookkeeping."""
+
+    __slots__ = ("buf", "epoch", "length", "msg_type")
+
+    def __init__(self, msg_type: int, body: bytes, epoch: int) -> None:
+        self.msg_type = msg_type
+        self.length = len(body)
+        self.epoch = epoch
+        self.buf = body
+
+    def complete(self) -> bool:
+        return True
+
+    def add(self, offset: int, body: bytes) -> None:
+        pass
+
+
 class Reassembler:
     """Collects fragments for ``next_seq`` and a few messages ahead of it; nothing else is stored."""
 
@@ -87,7 +105,7 @@ class Reassembler:
         self.next_seq = 0
         self._max_len = max_message_len
         self._max_ahead = max_ahead
-        self._parts: dict[int, _Partial] = {}
+        self._parts: dict[int, _Partial | _Whole] = {}
 
     def add(self, frag: Fragment, epoch: int) -> None:
         """Store a fragment of a current or future message (callers filter out old ones)."""
@@ -98,10 +116,14 @@ class Reassembler:
             raise IllegalParameter(f"handshake message of {frag.length} bytes exceeds the limit")
         part = self._parts.get(seq)
         if part is None:
+            if frag.offset == 0 and len(frag.body) == frag.length:
+                self._parts[seq] = _Whole(frag.msg_type, frag.body, epoch)
+                return
             part = self._parts[seq] = _Partial(frag.msg_type, frag.length, epoch)
         elif part.msg_type != frag.msg_type or part.length != frag.length or part.epoch != epoch:
             raise IllegalParameter("fragments of one message disagree")
-        part.add(frag.offset, frag.body)
+        if not part.complete():
+            part.add(frag.offset, frag.body)
 
     def pop(self) -> tuple[int, bytes, int] | None:
         """The next complete message as ``(msg_type, body, epoch)``, in message_seq order."""
@@ -138,6 +160,21 @@ def pack_flight(messages: list[OutMessage], mtu: int, overhead: Callable[[int], 
     ``write_record(epoch, content_type, payload)`` assigns a sequence number and returns the record.
     With ``coalesce``, consecutive handshake messages of one epoch share a record.
     """
+    if not coalesce:
+        # Fast path: the whole flight fits one datagram without fragmenting (every PSK flight at 512 bytes).
+        size = 0
+        for msg in messages:
+            size += RECORD_HEADER_LEN + overhead(msg.epoch) + \
+                (1 if msg.msg_type == CCS else HANDSHAKE_HEADER_LEN + len(msg.body))
+        if size <= mtu:
+            out: list[bytes] = []
+            for msg in messages:
+                if msg.msg_type == CCS:
+                    out.append(write_record(msg.epoch, ContentType.CHANGE_CIPHER_SPEC, b"\x01"))
+                else:
+                    out.append(write_record(msg.epoch, ContentType.HANDSHAKE,
+                                            message_header(msg.msg_type, len(msg.body), msg.message_seq) + msg.body))
+            return [b"".join(out)]
     datagrams: list[bytes] = []
     dgram = bytearray()
     pending = bytearray()
