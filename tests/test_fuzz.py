@@ -204,6 +204,11 @@ def settle_and_check(pair: Pair, events: list[tuple[str, Event]]) -> None:
     assert not pair.client.is_handshaking
     assert all(not c.is_handshaking for c in pair.server.connections.values())
     assert pair.server.handshakes_in_progress == 0
+    # Memory stays bounded: nothing is kept for reassembly once a connection is established.
+    for conn in (pair.client, *pair.server.connections.values()):
+        if conn.is_established:
+            assert not conn._reasm._parts, sorted(conn._reasm._parts)
+    assert len(pair.server._partial_hellos) <= 64
     # Two established ends share working keys. (Replayed reference records may already have used the
     # first sequence numbers of this same deterministic session, so a few probes are sent.)
     conn = pair.server.connections.get(CLIENT_ADDR)
