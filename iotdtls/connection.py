@@ -40,6 +40,11 @@ from .record import _HDR, SEQ_MASK, Record, split_records
 
 MAX_EARLY_DATA = 8
 _APPDATA = bytes((ContentType.APPLICATION_DATA,))
+# Enum attribute lookups are slow on Python 3.11; the hot paths compare against these aliases.
+_ESTABLISHED = State.ESTABLISHED
+_CLOSED = State.CLOSED
+_APPLICATION_DATA = int(ContentType.APPLICATION_DATA)
+_EPOCH1 = 1 << 48
 _RENEGOTIATION = frozenset({HandshakeType.HELLO_REQUEST, HandshakeType.CLIENT_HELLO})
 
 
@@ -63,6 +68,7 @@ class DTLSConnection(HandshakeLayer):
         self._retransmit_requested = False
         self._min_trigger_interval = config.retransmit_initial / 4
         self.error: Exception | None = None
+        self._max_payload = 0
 
     # -- public API ------------------------------------------------------------------------------
     @property
@@ -71,7 +77,7 @@ class DTLSConnection(HandshakeLayer):
 
     @property
     def is_established(self) -> bool:
-        return self._state is State.ESTABLISHED
+        return self._state is _ESTABLISHED
 
     @property
     def is_handshaking(self) -> bool:
@@ -79,7 +85,7 @@ class DTLSConnection(HandshakeLayer):
 
     @property
     def is_closed(self) -> bool:
-        return self._state is State.CLOSED
+        return self._state is _CLOSED
 
     @property
     def identity(self) -> bytes:
@@ -119,17 +125,22 @@ class DTLSConnection(HandshakeLayer):
 
     def send(self, data: bytes) -> None:
         """Queue one application datagram; the connection must be established."""
-        if self._state is not State.ESTABLISHED:
+        if self._state is not _ESTABLISHED:
             raise ConnectionClosed("connection is not established")
-        if len(data) > self.max_payload:
-            raise ValueError(f"payload of {len(data)} bytes exceeds the record budget of {self.max_payload}")
-        self._out.append(self._write_record(1, ContentType.APPLICATION_DATA, data))
+        if len(data) > self._max_payload:
+            raise ValueError(f"payload of {len(data)} bytes exceeds the record budget of {self._max_payload}")
+        seq = self._write_seq[1]
+        if seq >= SEQ_MASK:
+            raise ConnectionClosed("sequence number space exhausted: reconnect")
+        self._write_seq[1] = seq + 1
+        assert self._write_cipher is not None
+        self._out.append(self._write_cipher.protect(_APPLICATION_DATA, _EPOCH1 | seq, data))
 
     def close(self) -> None:
         """Send close_notify (if established) and close; idempotent."""
-        if self._state is State.CLOSED:
+        if self._state is _CLOSED:
             return
-        if self._state is State.ESTABLISHED or self._write_epoch == 0:
+        if self._state is _ESTABLISHED or self._write_epoch == 0:
             self._send_alert(AlertLevel.WARNING, AlertDescription.close_notify)
         self._terminate(None)
 
@@ -138,7 +149,7 @@ class DTLSConnection(HandshakeLayer):
         return out
 
     def get_timer(self) -> float | None:
-        if self._state is State.CLOSED:
+        if self._state is _CLOSED:
             return None
         when = self._timer_at
         for t in (self._hs_deadline, self._idle_deadline):
@@ -147,7 +158,7 @@ class DTLSConnection(HandshakeLayer):
         return when
 
     def handle_timer(self, now: float) -> None:
-        if self._state is State.CLOSED:
+        if self._state is _CLOSED:
             return
         if self._hs_deadline is not None and now >= self._hs_deadline:
             self._terminate(HandshakeTimeout(f"handshake did not complete within "
@@ -163,13 +174,13 @@ class DTLSConnection(HandshakeLayer):
         return self._events.popleft() if self._events else None
 
     def receive_datagram(self, data: bytes, now: float) -> None:
-        if self._state is State.ESTABLISHED and data[:1] == _APPDATA and len(data) > 13:
+        if self._state is _ESTABLISHED and data[:1] == _APPDATA and len(data) > 13:
             # Fast path: one application record of the current epoch, the common case after the handshake.
             _, version, epoch_seq, length = _HDR.unpack_from(data)
             if length + 13 == len(data) and epoch_seq >> 48 == 1 and version == DTLS_1_2:
                 self._fast_application_data(data, version, epoch_seq, now)
                 return
-        if self._state is State.CLOSED:
+        if self._state is _CLOSED:
             return
         self._retransmit_requested = False
         self._guard(lambda: self._receive(data, now))
@@ -181,7 +192,7 @@ class DTLSConnection(HandshakeLayer):
         if not window.is_fresh(seq):
             return
         assert self._read_cipher is not None
-        payload = self._read_cipher.open(ContentType.APPLICATION_DATA, version, epoch_seq, data, 13, len(data))
+        payload = self._read_cipher.open(_APPLICATION_DATA, version, epoch_seq, data, 13, len(data))
         if payload is None:
             return
         window.mark(seq)
@@ -202,9 +213,9 @@ class DTLSConnection(HandshakeLayer):
     def _receive(self, data: bytes, now: float) -> None:
         for record in split_records(data):
             self._handle_record(record, now)
-            if self._state is State.CLOSED:
+            if self._state is _CLOSED:
                 return
-        if self._retransmit_requested and self._state is not State.CLOSED:
+        if self._retransmit_requested and self._state is not _CLOSED:
             self._retransmit(now, backoff=False)
 
     def _handle_record(self, record: Record, now: float) -> None:
@@ -227,7 +238,7 @@ class DTLSConnection(HandshakeLayer):
                     return
                 payload = opened
             window.mark(record.seq)
-            if epoch == 1 and self._config.idle_timeout is not None and self._state is State.ESTABLISHED:
+            if epoch == 1 and self._config.idle_timeout is not None and self._state is _ESTABLISHED:
                 self._idle_deadline = now + self._config.idle_timeout
             self._dispatch(record.content_type, payload, epoch, now)
         elif epoch == 1 and self._read_epoch == 0:
@@ -257,7 +268,7 @@ class DTLSConnection(HandshakeLayer):
 
     def _on_handshake(self, payload: bytes, epoch: int, now: float) -> None:
         reasm = self._reasm
-        established = self._state is State.ESTABLISHED
+        established = self._state is _ESTABLISHED
         for frag in parse_fragments(payload):
             if established and frag.msg_type in _RENEGOTIATION:
                 self._refuse_renegotiation(frag.msg_type)  # any message_seq: a new handshake restarts at 0
@@ -296,14 +307,14 @@ class DTLSConnection(HandshakeLayer):
         self._read_epoch = 1
         buffered, self._future = self._future, []
         for record in buffered:
-            if self._state is State.CLOSED:
+            if self._state is _CLOSED:
                 break
             self._handle_record(record, self._last_sent)
 
     def _on_application_data(self, payload: bytes, epoch: int) -> None:
         if epoch != 1:
             raise UnexpectedMessage("application data before the handshake")
-        if self._state is State.ESTABLISHED:
+        if self._state is _ESTABLISHED:
             if self._flight and not self._config.is_client:
                 self._flight = []  # the client has our Finished: no more final-flight retransmissions
             self._events.append(DataReceived(payload))
@@ -323,7 +334,7 @@ class DTLSConnection(HandshakeLayer):
         except ValueError:
             description = desc
         if desc == AlertDescription.close_notify:
-            if self._state is State.ESTABLISHED:
+            if self._state is _ESTABLISHED:
                 self._send_alert(AlertLevel.WARNING, AlertDescription.close_notify)
             self._terminate(None)
         elif level == AlertLevel.FATAL:
@@ -333,7 +344,8 @@ class DTLSConnection(HandshakeLayer):
             self._events.append(AlertReceived(level, description))
 
     def _handshake_done(self) -> None:
-        self._state = State.ESTABLISHED
+        self._state = _ESTABLISHED
+        self._max_payload = self.max_payload
         self._hs_deadline = None
         if self._config.idle_timeout is not None:
             self._idle_deadline = self._last_sent + self._config.idle_timeout
@@ -344,7 +356,7 @@ class DTLSConnection(HandshakeLayer):
         self._psk = b""
 
     def _fail(self, exc: AlertError) -> None:
-        if self._state is State.CLOSED:
+        if self._state is _CLOSED:
             return
         if not exc.remote:
             with contextlib.suppress(DTLSError):
@@ -352,7 +364,7 @@ class DTLSConnection(HandshakeLayer):
         self._terminate(exc)
 
     def _terminate(self, error: Exception | None) -> None:
-        self._state = State.CLOSED
+        self._state = _CLOSED
         self.error = error
         self._timer_at = self._hs_deadline = self._idle_deadline = None
         self._flight = []
