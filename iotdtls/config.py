@@ -66,6 +66,8 @@ class DTLSConfiguration:
             raise ValueError(f"mtu must be at least {MIN_MTU} bytes")
         if self.retransmit_initial <= 0 or self.retransmit_max < self.retransmit_initial:
             raise ValueError("retransmission timers must satisfy 0 < initial <= max")
+        if self.require_extended_master_secret and not self.extended_master_secret:
+            raise ValueError("require_extended_master_secret needs extended_master_secret")
         if not self.cipher_suites:
             raise ValueError("at least one cipher suite is required")
         for suite in self.cipher_suites:

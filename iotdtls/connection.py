@@ -346,6 +346,7 @@ class DTLSConnection(HandshakeLayer):
     def _handshake_done(self) -> None:
         self._state = _ESTABLISHED
         self._max_payload = self.max_payload
+        self._reasm.clear()  # fragments of messages that will never come
         self._hs_deadline = None
         if self._config.idle_timeout is not None:
             self._idle_deadline = self._last_sent + self._config.idle_timeout

@@ -163,11 +163,12 @@ class DTLSServer:
             self._out.append((encode_plain(ContentType.HANDSHAKE, rec_seq, payload), addr))
             self.stats["hello_verify_sent"] += 1
             return
-        if existing is None:
-            if len(self.connections) >= self.max_sessions or self.handshakes_in_progress >= self.max_handshakes:
-                self.stats["dropped_full"] += 1
-                return
-        else:
+        full = existing is None and len(self.connections) >= self.max_sessions
+        busy = self.handshakes_in_progress >= self.max_handshakes and addr not in self._handshaking
+        if full or busy:
+            self.stats["dropped_full"] += 1  # the client retries on its timer
+            return
+        if existing is not None:
             # A new handshake from a known address (reboot): the valid cookie proves the address, so the
             # old association gives way (RFC 6347 section 4.2.8).
             del self.connections[addr]

@@ -723,9 +723,6 @@ def test_reassembler_keeps_nothing_of_processed_messages() -> None:
     assert pair.server_conn._reasm._parts == {} and pair.client._reasm._parts == {}
 
 
-@pytest.mark.xfail(strict=True, reason="a fragment of a future message_seq received during the handshake stays in "
-                   "the reassembler for the life of the connection (bounded by max_ahead, but never freed): "
-                   "_handshake_done (connection.py) does not clear self._reasm")
 def test_reassembler_emptied_when_the_handshake_completes() -> None:
     pair = Pair()
     pair.client.connect(pair.now)
