@@ -99,8 +99,10 @@ class ClientSession(asyncio.DatagramProtocol):
 class _Connector:
     """Awaitable and async context manager returned by :func:`connect`."""
 
-    def __init__(self, host: str, port: int, config: DTLSConfiguration) -> None:
+    def __init__(self, host: str, port: int, config: DTLSConfiguration,
+                 local_addr: tuple[str, int] | None) -> None:
         self._args = (host, port, config)
+        self._local_addr = local_addr
         self._session: ClientSession | None = None
 
     async def _open(self) -> ClientSession:
@@ -108,7 +110,7 @@ class _Connector:
         config.is_client = True
         loop = asyncio.get_running_loop()
         transport, session = await loop.create_datagram_endpoint(
-            lambda: ClientSession(config), remote_addr=(host, port))
+            lambda: ClientSession(config), remote_addr=(host, port), local_addr=self._local_addr)
         try:
             await session._handshake
         except BaseException:
@@ -128,9 +130,11 @@ class _Connector:
             await self._session.close()
 
 
-def connect(host: str, port: int, config: DTLSConfiguration) -> _Connector:
+def connect(host: str, port: int, config: DTLSConfiguration, *,
+            local_addr: tuple[str, int] | None = None) -> _Connector:
     """Open a DTLS client session; completes when the handshake has. Raises the handshake's error
-    (an :class:`~iotdtls.errors.AlertError` or :class:`~iotdtls.errors.HandshakeTimeout`) on failure."""
+    (an :class:`~iotdtls.errors.AlertError` or :class:`~iotdtls.errors.HandshakeTimeout`) on failure.
+    ``local_addr`` binds the client's own address and port (a device with a fixed source port)."""
     if not isinstance(config, DTLSConfiguration):
         raise DTLSError("connect() needs a DTLSConfiguration")
-    return _Connector(host, port, config)
+    return _Connector(host, port, config, local_addr)
