@@ -8,7 +8,7 @@ the current time ``now`` (seconds, any monotonic origin); nothing here reads a c
 from __future__ import annotations
 
 import contextlib
-from collections import deque
+import hashlib
 
 from .buffer import Buffer
 from .config import DTLSConfiguration
@@ -45,6 +45,7 @@ _ESTABLISHED = State.ESTABLISHED
 _CLOSED = State.CLOSED
 _APPLICATION_DATA = int(ContentType.APPLICATION_DATA)
 _EPOCH1 = 1 << 48
+_NO_TRANSCRIPT = hashlib.sha256()
 _RENEGOTIATION = frozenset({HandshakeType.HELLO_REQUEST, HandshakeType.CLIENT_HELLO})
 
 
@@ -55,12 +56,17 @@ class IdleTimeout(DTLSError):
 class DTLSConnection(HandshakeLayer):
     """One DTLS association. Create it with a :class:`DTLSConfiguration`; clients call :meth:`connect`."""
 
+    __slots__ = (
+        "_early_data", "_events", "_future", "_hs_deadline", "_idle_deadline", "_max_payload",
+        "_min_trigger_interval", "_retransmit_requested", "error", "peer",
+    )
+
     def __init__(self, config: DTLSConfiguration, *, peer: object = None, validate: bool = True) -> None:
         if validate:  # DTLSServer validates its configuration once, not per connection
             config.validate()
         super().__init__(config)
         self.peer = peer
-        self._events: deque[Event] = deque()
+        self._events: list[Event] = []
         self._future: list[Record] = []
         self._early_data: list[bytes] = []
         self._hs_deadline: float | None = None
@@ -171,7 +177,7 @@ class DTLSConnection(HandshakeLayer):
             self._guard(lambda: self._retransmit(now, backoff=True))
 
     def next_event(self) -> Event | None:
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     def receive_datagram(self, data: bytes, now: float) -> None:
         if self._state is _ESTABLISHED and data[:1] == _APPDATA and len(data) > 13:
@@ -346,6 +352,11 @@ class DTLSConnection(HandshakeLayer):
     def _handshake_done(self) -> None:
         self._state = _ESTABLISHED
         self._max_payload = self.max_payload
+        # Handshake-only state is released: it decides how many sessions one gateway holds.
+        self._transcript = _NO_TRANSCRIPT
+        self._master = b""
+        self._master_mac = None
+        self._next_read_cipher = None
         self._reasm.clear()  # fragments of messages that will never come
         self._hs_deadline = None
         if self._config.idle_timeout is not None:

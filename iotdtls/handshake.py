@@ -70,6 +70,12 @@ _RENEG_EXT: tuple[int, bytes] = (ExtensionType.RENEGOTIATION_INFO, b"\x00")
 class HandshakeLayer(RecordLayer):
     """Handshake state and message handlers; :class:`DTLSConnection` adds the public API."""
 
+    __slots__ = (
+        "_client_random", "_dummy_psk_key", "_early_ccs", "_hello_verify_count", "_identity",
+        "_identity_hint", "_master", "_master_mac", "_psk", "_reasm", "_send_seq", "_server_random",
+        "_state", "_suite", "_transcript", "_use_ems",
+    )
+
     def __init__(self, config: DTLSConfiguration) -> None:
         super().__init__(config)
         self._state = State.CLIENT_START if config.is_client else State.SERVER_START

@@ -16,6 +16,12 @@ from .replay import ReplayWindow
 
 
 class RecordLayer:
+    __slots__ = (
+        "_config", "_flight", "_last_sent", "_next_read_cipher", "_out", "_read_cipher", "_read_epoch",
+        "_timeout", "_timer_at", "_windows", "_write_cipher", "_write_epoch", "_write_seq", "flights_sent",
+        "retransmissions",
+    )
+
     def __init__(self, config: DTLSConfiguration) -> None:
         self._config = config
         self._write_epoch = 0
