@@ -1,73 +1,36 @@
-"""A UDP relay between one client and one server that can drop datagrams and reports each one.
+"""A UDP relay between one client and one server that impairs datagrams and reports each one.
 
-Used by the demo to show a handshake flight by flight, and to show it surviving loss.
+Used by the demo to show a handshake flight by flight, and to show it surviving loss, duplication and
+reordering. It is :class:`iotdtls.netem.NetemProxy` (the engine behind ``iotdtls-netem``) with one client.
 """
 
 from __future__ import annotations
 
-import asyncio
-import random
 from collections.abc import Callable
-from typing import Any, cast
+
+from ..netem import DEFAULT_MAX_DELAY, Address, Direction, Impairment, LinkProfile, NetemProxy
 
 Observer = Callable[[str, bytes, bool], None]  # direction ("c2s"/"s2c"), datagram, dropped
+#: direction, datagram, delays of the copies delivered (empty: dropped; two: duplicated)
+Tracer = Callable[[Direction, bytes, list[float]], None]
 
 
-class _Side(asyncio.DatagramProtocol):
-    def __init__(self, on_datagram: Callable[[bytes, Any], None]) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
-        self._on = on_datagram
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._on(data, addr)
-
-
-class LossyRelay:
-    """Listens on ``listen``; forwards client datagrams to ``target`` and replies back, dropping each one
-    with probability ``loss`` (seeded, so a run can be repeated)."""
+class LossyRelay(NetemProxy):
+    """Listens on the address :meth:`start` returns and forwards the client's datagrams to ``target`` and the
+    replies back. Each way, a datagram is lost with probability ``loss``, duplicated with probability ``dup``
+    and held back by up to ``max_delay`` seconds with probability ``reorder``; seeded, so a run can be
+    repeated. ``observer`` sees (direction, datagram, dropped), ``tracer`` (direction, datagram, delays)."""
 
     def __init__(self, target: tuple[str, int], loss: float = 0.0, seed: int = 0,
-                 observer: Observer | None = None) -> None:
-        self.target = target
+                 observer: Observer | None = None, *, dup: float = 0.0, reorder: float = 0.0,
+                 max_delay: float = DEFAULT_MAX_DELAY, tracer: Tracer | None = None) -> None:
+        profile = LinkProfile(loss=loss, dup=dup, reorder=reorder, max_delay=max_delay)
         self.loss = loss
-        self._rng = random.Random(seed)
-        self._observer = observer
-        self._client_addr: Any = None
-        self._front: _Side | None = None
-        self._back: _Side | None = None
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        loop = asyncio.get_running_loop()
-        _, self._front = await loop.create_datagram_endpoint(lambda: _Side(self._from_client),
-                                                             local_addr=(host, port))
-        _, self._back = await loop.create_datagram_endpoint(lambda: _Side(self._from_server),
-                                                            remote_addr=self.target)
-        assert self._front.transport is not None
-        addr: tuple[str, int] = self._front.transport.get_extra_info("sockname")[:2]
-        return addr
+        def observe(direction: Direction, _client: Address, data: bytes, delays: list[float]) -> None:
+            if observer is not None:
+                observer(direction, data, not delays)
+            if tracer is not None:
+                tracer(direction, data, delays)
 
-    def _drop(self) -> bool:
-        return self.loss > 0 and self._rng.random() < self.loss
-
-    def _from_client(self, data: bytes, addr: Any) -> None:
-        self._client_addr = addr
-        dropped = self._drop()
-        if self._observer:
-            self._observer("c2s", data, dropped)
-        if not dropped and self._back and self._back.transport:
-            self._back.transport.sendto(data)
-
-    def _from_server(self, data: bytes, addr: Any) -> None:
-        dropped = self._drop()
-        if self._observer:
-            self._observer("s2c", data, dropped)
-        if not dropped and self._front and self._front.transport and self._client_addr is not None:
-            self._front.transport.sendto(data, self._client_addr)
-
-    def close(self) -> None:
-        for side in (self._front, self._back):
-            if side and side.transport:
-                side.transport.close()
+        super().__init__(target, Impairment(profile, profile, seed), max_clients=1, observer=observe)

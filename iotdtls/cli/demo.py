@@ -7,7 +7,7 @@ import asyncio
 import sys
 import time
 
-from ..aio import ServerSession, connect, serve
+from ..aio import ClientSession, ServerSession, connect, serve
 from ..aio.relay import LossyRelay
 from ..config import DTLSConfiguration
 from ..constants import CipherSuite
@@ -22,6 +22,11 @@ KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="iotdtls-demo", description=__doc__)
     p.add_argument("--loss", type=float, default=0.0, help="drop this fraction of datagrams (0..1), each way")
+    p.add_argument("--dup", type=float, default=0.0, help="duplicate this fraction of datagrams (0..1), each way")
+    p.add_argument("--reorder", type=float, default=0.0,
+                   help="hold back this fraction of datagrams (0..1) by a random delay, each way")
+    p.add_argument("--max-delay", type=float, default=0.3, metavar="S",
+                   help="longest hold-back of a reordered datagram (default 0.3)")
     p.add_argument("--seed", type=int, default=7, help="seed of the loss pattern")
     p.add_argument("--mtu", type=int, default=512, help="datagram budget in bytes")
     p.add_argument("--retransmit-initial", type=float, default=0.5, metavar="S")
@@ -29,14 +34,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+async def wait_echo(session: ClientSession, message: bytes, timeout: float) -> bool:
+    """True when ``message`` comes back within ``timeout`` s; late echoes of earlier messages are skipped."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (remaining := deadline - loop.time()) > 0:
+        try:
+            if await asyncio.wait_for(session.recv(), timeout=remaining) == message:
+                return True
+        except TimeoutError:
+            return False
+    return False
+
+
 async def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     totals = {"c2s": [0, 0, 0], "s2c": [0, 0, 0]}  # datagrams, bytes, dropped
 
-    def show(direction: str, data: bytes, dropped: bool) -> None:
+    def show(direction: str, data: bytes, delays: list[float]) -> None:
         t = time.monotonic() - start
         arrow = "client -> server" if direction == "c2s" else "server -> client"
+        dropped = not delays
         fate = "  LOST" if dropped else ""
+        if len(delays) > 1:
+            fate += "  DUPLICATED"
+        if any(delays):
+            fate += "  DELAYED " + ", ".join(f"{d * 1000:.0f} ms" for d in delays)
         print(f"{t:7.3f}s  {arrow}  {len(data):4d} B  {' + '.join(describe_datagram(data))}{fate}")
         totals[direction][0] += 1
         totals[direction][1] += len(data)
@@ -55,10 +78,13 @@ async def run(args: argparse.Namespace) -> int:
                 return
 
     server = await serve("127.0.0.1", 0, server_cfg, echo)
-    relay = LossyRelay(server.address, loss=args.loss, seed=args.seed, observer=show)
+    relay = LossyRelay(server.address, loss=args.loss, seed=args.seed, dup=args.dup, reorder=args.reorder,
+                       max_delay=args.max_delay, tracer=show)
     host, port = await relay.start()
+    extra = f", dup {args.dup:.0%}" if args.dup else ""
+    extra += f", reorder {args.reorder:.0%} up to {args.max_delay * 1000:g} ms" if args.reorder else ""
     print(f"iotdtls demo: server {server.address[0]}:{server.address[1]}, relay {host}:{port}, "
-          f"loss {args.loss:.0%} each way, datagram budget {args.mtu} B, "
+          f"loss {args.loss:.0%}{extra} each way, datagram budget {args.mtu} B, "
           f"first retransmission after {args.retransmit_initial:g} s\n")
     status = 0
     try:
@@ -74,12 +100,9 @@ async def run(args: argparse.Namespace) -> int:
                 message = f"reading {i}: 21.{i} C".encode()
                 for _attempt in range(20):  # application data is unreliable: retry like CoAP would
                     await session.send(message)
-                    try:
-                        reply = await asyncio.wait_for(session.recv(), timeout=args.retransmit_initial)
-                        print(f"echo: {reply.decode()}")
+                    if await wait_echo(session, message, args.retransmit_initial):
+                        print(f"echo: {message.decode()}")
                         break
-                    except TimeoutError:
-                        continue
     except (DTLSError, OSError) as exc:
         print(f"iotdtls-demo: {describe_error(exc)}", file=sys.stderr)
         status = 1
@@ -97,6 +120,13 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if not 0.0 <= args.loss < 1.0:
         print("iotdtls-demo: --loss must be in [0, 1)", file=sys.stderr)
+        sys.exit(2)
+    for name in ("dup", "reorder"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            print(f"iotdtls-demo: --{name} must be in [0, 1]", file=sys.stderr)
+            sys.exit(2)
+    if args.max_delay <= 0:
+        print("iotdtls-demo: --max-delay must be positive", file=sys.stderr)
         sys.exit(2)
     sys.exit(asyncio.run(run(args)))
 
