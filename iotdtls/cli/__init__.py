@@ -1,1 +1,1 @@
-"""Command-line tools: iotdtls-server, iotdtls-client, iotdtls-demo."""
+"""Command-line tools: iotdtls-server, iotdtls-client, iotdtls-demo, iotdtls-netem."""
