@@ -39,7 +39,7 @@ class DTLSConfiguration:
     mtu: int = DEFAULT_MTU
     #: Flight retransmission: first timeout and the cap of its exponential back-off, in seconds.
     retransmit_initial: float = 2.0
-    retransmit_max: float = 32.0
+    retransmit_max: float = 8.0
     #: Total time a handshake may take before it fails with HandshakeTimeout.
     handshake_timeout: float = 120.0
     #: Close an established connection after this many seconds without an authenticated record (None: never).

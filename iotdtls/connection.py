@@ -72,7 +72,9 @@ class DTLSConnection(HandshakeLayer):
         self._hs_deadline: float | None = None
         self._idle_deadline: float | None = None
         self._retransmit_requested = False
-        self._min_trigger_interval = config.retransmit_initial / 4
+        # Duplicates are recognised by record sequence number; this short guard only keeps two crossing
+        # retransmissions from being answered twice.
+        self._min_trigger_interval = min(0.1, config.retransmit_initial / 4)
         self.error: Exception | None = None
         self._max_payload = 0
 
@@ -251,7 +253,10 @@ class DTLSConnection(HandshakeLayer):
             if self._state in HANDSHAKING and len(self._future) < self._config.max_buffered_records:
                 self._future.append(record)
         elif epoch == 0 and self._read_epoch == 1 and record.content_type == ContentType.HANDSHAKE:
-            self._old_epoch_handshake(record.fragment, now)
+            window = self._windows[0]
+            if window.is_fresh(record.seq):  # a network duplicate is not a retransmission
+                window.mark(record.seq)
+                self._old_epoch_handshake(record.fragment, now)
 
     def _old_epoch_handshake(self, payload: bytes, now: float) -> None:
         """Epoch-0 handshake records after the switch: the peer retransmitting an older flight."""
