@@ -51,7 +51,7 @@ class DTLSConfiguration:
     coalesce_records: bool = False
     #: Largest handshake message accepted for reassembly.
     max_handshake_message: int = 4096
-    #: Records of the next epoch held back until its ChangeCipherSpec arrives.
+    #: Records of the next epoch held back until its ChangeCipherSpec arrives (and at most 1 KB each on average).
     max_buffered_records: int = 16
     #: Server: require a HelloVerifyRequest cookie exchange before creating any state.
     cookies: bool = True

@@ -250,7 +250,10 @@ class DTLSConnection(HandshakeLayer):
                 self._idle_deadline = now + self._config.idle_timeout
             self._dispatch(record.content_type, payload, epoch, now)
         elif epoch == 1 and self._read_epoch == 0:
-            if self._state in HANDSHAKING and len(self._future) < self._config.max_buffered_records:
+            # Not yet authenticable: bounded by count and by bytes (1 KB a record on average).
+            limit = self._config.max_buffered_records
+            if self._state in HANDSHAKING and len(self._future) < limit and \
+                    sum(len(r.fragment) for r in self._future) + len(record.fragment) <= limit * 1024:
                 self._future.append(record)
         elif epoch == 0 and self._read_epoch == 1 and record.content_type == ContentType.HANDSHAKE:
             window = self._windows[0]
@@ -362,6 +365,7 @@ class DTLSConnection(HandshakeLayer):
         self._master = b""
         self._master_mac = None
         self._next_read_cipher = None
+        self._server_random = b""
         self._reasm.clear()  # fragments of messages that will never come
         self._hs_deadline = None
         if self._config.idle_timeout is not None:

@@ -50,31 +50,26 @@ def message_header(msg_type: int, length: int, seq: int, offset: int = 0, flen: 
 
 
 class _Partial:
-    __slots__ = ("buf", "epoch", "filled", "length", "msg_type", "ranges")
+    """A message being reassembled: its bytes and a bitmask of the offsets received (one bit per byte), so
+    bookkeeping stays within length/8 bytes however the sender slices the message."""
+
+    __slots__ = ("buf", "epoch", "filled", "have", "length", "msg_type")
 
     def __init__(self, msg_type: int, length: int, epoch: int) -> None:
         self.msg_type = msg_type
         self.length = length
         self.epoch = epoch
         self.buf = bytearray(length)
-        self.ranges: list[tuple[int, int]] = []
+        self.have = 0
         self.filled = 0
 
     def add(self, offset: int, body: bytes) -> None:
-        start, end = offset, offset + len(body)
-        if start == end:
+        n = len(body)
+        if not n:
             return
-        self.buf[start:end] = body
-        merged: list[tuple[int, int]] = []
-        for a, b in self.ranges:
-            if b < start or a > end:
-                merged.append((a, b))
-            else:
-                start, end = min(a, start), max(b, end)
-        merged.append((start, end))
-        merged.sort()
-        self.ranges = merged
-        self.filled = sum(b - a for a, b in merged)
+        self.buf[offset : offset + n] = body
+        self.have |= ((1 << n) - 1) << offset
+        self.filled = self.have.bit_count()
 
     def complete(self) -> bool:
         return self.filled == self.length

@@ -20,6 +20,7 @@ _AAD = struct.Struct(">QBHH")
 _NONCE = struct.Struct(">IQ")  # 4-byte fixed IV, 8-byte explicit nonce
 _HDR_NONCE = struct.Struct(">BHQHQ")  # header followed by the explicit nonce (= epoch and sequence number)
 SEQ_MASK = (1 << 48) - 1
+MAX_RECORD = MAX_PLAINTEXT + 2048  # RFC 5246 section 6.2.3: the largest protected fragment
 MAX_SEQ = SEQ_MASK
 
 
@@ -46,7 +47,7 @@ def split_records(datagram: bytes) -> Iterator[Record]:
     while end - pos >= 13:
         ctype, version, epoch_seq, length = unpack(datagram, pos)
         pos += 13
-        if pos + length > end or version not in (DTLS_1_2, DTLS_1_0) or not 20 <= ctype <= 23:
+        if pos + length > end or length > MAX_RECORD or version not in (DTLS_1_2, DTLS_1_0) or not 20 <= ctype <= 23:
             return
         yield Record(ctype, version, epoch_seq, datagram[pos : pos + length])
         pos += length
@@ -59,12 +60,10 @@ def encode_plain(content_type: int, epoch_seq: int, payload: bytes) -> bytes:
 class CipherState:
     """AEAD protection for one direction of one epoch."""
 
-    __slots__ = ("_decrypt", "_encrypt", "_iv", "_iv_int", "overhead")
+    __slots__ = ("_aead", "_iv", "_iv_int", "overhead")
 
     def __init__(self, key: bytes, iv: bytes, tag_len: int) -> None:
-        aead = AESCCM(key, tag_length=tag_len)
-        self._encrypt = aead.encrypt
-        self._decrypt = aead.decrypt
+        self._aead = AESCCM(key, tag_length=tag_len)
         self._iv = iv
         self._iv_int = int.from_bytes(iv, "big")
         self.overhead = 8 + tag_len
@@ -72,7 +71,7 @@ class CipherState:
     def protect(self, content_type: int, epoch_seq: int, payload: bytes) -> bytes:
         """The whole record: header, explicit nonce, ciphertext and tag."""
         plen = len(payload)
-        sealed = self._encrypt(_NONCE.pack(self._iv_int, epoch_seq), payload,
+        sealed = self._aead.encrypt(_NONCE.pack(self._iv_int, epoch_seq), payload,
                                _AAD.pack(epoch_seq, content_type, DTLS_1_2, plen))
         return _HDR_NONCE.pack(content_type, DTLS_1_2, epoch_seq, plen + self.overhead, epoch_seq) + sealed
 
@@ -84,7 +83,7 @@ class CipherState:
             return None
         # The explicit nonce is taken from the record as sent; RFC 6655 makes it the sequence number.
         try:
-            return self._decrypt(self._iv + data[start : start + 8], data[start + 8 : end],
+            return self._aead.decrypt(self._iv + data[start : start + 8], data[start + 8 : end],
                                  _AAD.pack(epoch_seq, content_type, version, plen))
         except InvalidTag:
             return None

@@ -209,7 +209,7 @@ class DTLSServer:
         return None
 
     def _add_hello_fragment(self, addr: Address, frag: Fragment) -> bytes | None:
-        if frag.length > self._config.max_handshake_message:
+        if frag.length > self._config.max_handshake_message or frag.message_seq > MAX_HELLO_SEQ:
             return None
         key = (addr, frag.message_seq)
         part = self._partial_hellos.pop(key, None)

@@ -192,12 +192,6 @@ def test_unfragmented_client_completes_during_a_fragment_flood() -> None:
     assert len(server._partial_hellos) == MAX_PARTIAL_HELLOS
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "reassembly._Partial tracks received bytes as a list of (start, end) tuples: disjoint 1-byte fragments "
-    "make it ~length/2 tuples (~120 B each with their ints) and every add() re-sorts and re-sums the list "
-    "(quadratic CPU). 64 spoofed partial ClientHellos of 256 B hold ~1 MB instead of ~64 x 256 B; with the "
-    "default 4096 B limit ~16 MB, and one 27 KB datagram of 1-byte fragments costs 0.2-0.35 s of CPU. "
-    "Fix: a bitmap (int mask, filled = mask.bit_count()) instead of ranges"))
 def test_partial_client_hello_table_bounded_by_message_bytes() -> None:
     server = DTLSServer(server_config(max_handshake_message=256))
     payload = b"".join(message_header(HandshakeType.CLIENT_HELLO, 256, 0, off, 1) + b"x" for off in range(0, 256, 2))
@@ -432,19 +426,15 @@ def test_reassembly_memory_per_connection_bounded() -> None:
     assert grown <= ahead * limit + 4096, grown
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "reassembly._Partial.ranges holds one (start, end) tuple per disjoint fragment: 1-byte fragments at "
-    "every other offset keep ~length/2 tuples, ~60 KB per 1 KB message (~250 KB per 4 KB message, ~1 MB "
-    "per handshaking connection), and add() is quadratic in the number of fragments. "
-    "Fix: an int bitmask of received bytes in _Partial (O(length/8) bytes)"))
 def test_reassembly_bookkeeping_bounded_by_message_bytes() -> None:
     net, addr, conn = handshaking_server(max_handshake_message=1024)
     reasm = conn._reasm
-    with Traced() as mem:
-        for k, seq in enumerate(range(reasm.next_seq, reasm.next_seq + reasm._max_ahead)):
-            payload = b"".join(message_header(HandshakeType.CLIENT_KEY_EXCHANGE, 1024, seq, off, 1) + b"x"
-                               for off in range(0, 1024, 2))
-            net.server.receive_datagram(encode_plain(ContentType.HANDSHAKE, 100 + k, payload), addr, net.now)
+    datagrams = [encode_plain(ContentType.HANDSHAKE, 100 + k, b"".join(
+        message_header(HandshakeType.CLIENT_KEY_EXCHANGE, 1024, seq, off, 1) + b"x" for off in range(0, 1024, 2)))
+        for k, seq in enumerate(range(reasm.next_seq, reasm.next_seq + reasm._max_ahead))]
+    with Traced() as mem:  # the datagrams are built outside: only what the connection keeps is measured
+        for datagram in datagrams:
+            net.server.receive_datagram(datagram, addr, net.now)
         grown = mem.grown()
     assert len(reasm._parts) == reasm._max_ahead and conn.state is State.SERVER_WAIT_CKE
     assert grown <= reasm._max_ahead * 1024 + 4096, grown
@@ -465,12 +455,6 @@ def test_early_epoch_records_buffered_up_to_max_buffered_records(limit: int) -> 
     assert grown <= limit * (100 + 256), grown
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "record.split_records accepts record lengths up to 65535 and DTLSConnection._handle_record buffers "
-    "epoch-1 records before the ChangeCipherSpec by count only (max_buffered_records): anyone who can send from "
-    "a handshaking peer's address pins 16 x 64 KB = 1 MB per handshake slot (100 MB at max_handshakes=100). "
-    "RFC 5246 6.2.3 caps TLSCiphertext at 2^14 + 2048 bytes. Fix: drop longer records in split_records, and "
-    "cap the buffer in bytes (e.g. max_buffered_records x mtu)"))
 def test_early_epoch_record_longer_than_the_protocol_limit_not_buffered() -> None:
     net, addr, conn = handshaking_server()
     for seq in range(conn._config.max_buffered_records):
