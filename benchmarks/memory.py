@@ -297,7 +297,8 @@ def handshakes_in_progress(n: int) -> dict[str, Any]:
     print(f"traced per handshake          {kb(per)}")
     print(f"one peer can pin, per slot:   reassembly {kb(reasm_contiguous)} (bound {ahead} x {limit} B); "
           f"with 1-byte fragments ~{kb(reasm_tiny_one * ahead)}")
-    print(f"                              early epoch-1 records {kb(future)} ({nrec} x 65,000 B offered: over-long records are discarded)")
+    print(f"                              early epoch-1 records {kb(future)} "
+          f"({nrec} x 65,000 B offered: too long, discarded)")
     print(f"16 MB length claim            refused with an alert: {refused}; traced peak {kb(refuse_peak)}")
     return out
 
