@@ -290,6 +290,8 @@ class DTLSConnection(HandshakeLayer):
                 self._peer_retransmitted(now)
             elif established:
                 raise UnexpectedMessage("handshake message after the handshake")
+            elif self._state not in HANDSHAKING:
+                raise UnexpectedMessage("handshake message before the handshake started")
             else:
                 reasm.add(frag, epoch)
         while self._state in HANDSHAKING:
