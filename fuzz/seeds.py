@@ -1,0 +1,160 @@
+"""Write the seed corpora of the fuzz targets (fuzz/corpus/<target>/) from real handshakes.
+
+Every datagram comes from a complete, seeded exchange between a client and a server of tests/helpers, so the
+seeds are real protocol traffic and, because the targets rebuild the same seeded endpoints, the protected
+records in them authenticate when a target replays them. Run ``python fuzz/seeds.py`` after changing the
+handshake (the old seeds still work as fuzz inputs, they just reach less far).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from _harness import FUZZ_DIR, encode_frames
+from endpoints import CLIENT_STATES, SERVER_VARIANTS, addr_of, reference_wire, server_pair
+from helpers import Pair, client_config
+
+from iotdtls import DTLSConnection
+from iotdtls.buffer import Buffer, Writer
+from iotdtls.constants import CipherSuite, ContentType, HandshakeType
+from iotdtls.messages import pull_client_hello, push_extensions
+from iotdtls.reassembly import message_header, parse_fragments
+from iotdtls.record import encode_plain, split_records
+
+CORPUS = FUZZ_DIR / "corpus"
+
+WIRES: dict[str, dict[str, object]] = {
+    "default": {},
+    "hint": {"hint": True},
+    "small-mtu": {"coalesce_records": True, "mtu": 64},
+    "ccm-no-ems": {},
+}
+
+
+def _wire(name: str) -> list[tuple[str, bytes]]:
+    kw = dict(WIRES[name])
+    hint = bool(kw.pop("hint", False))
+    if name == "ccm-no-ems":
+        pair = Pair({"cipher_suites": [CipherSuite.TLS_PSK_WITH_AES_128_CCM], "extended_master_secret": False})
+        pair.handshake()
+        pair.client.send(b"up")
+        pair.pump()
+        return list(pair.wire)
+    return reference_wire(hint, **kw)
+
+
+def record_seeds() -> list[bytes]:
+    seeds = []
+    for name in WIRES:
+        wire = [d for _, d in _wire(name)]
+        seeds += [b"\x00" + d for d in wire]
+        seeds.append(b"\x00" + b"".join(wire[:4]))
+    for mode in (1, 3, 5, 7, 9, 17):
+        seeds.append(bytes([mode]) + (1 << 48 | 5).to_bytes(8, "big") + b"application payload")
+    return seeds
+
+
+def message_seeds() -> list[bytes]:
+    seeds = []
+    wire = [d for name in WIRES for _, d in _wire(name)]
+    payloads = [r.fragment for d in wire for r in split_records(d)
+                if r.epoch == 0 and r.content_type == ContentType.HANDSHAKE]
+    selector: dict[int, int] = {
+        HandshakeType.CLIENT_HELLO: 0, HandshakeType.SERVER_HELLO: 1, HandshakeType.HELLO_VERIFY_REQUEST: 2,
+        HandshakeType.SERVER_KEY_EXCHANGE: 4, HandshakeType.CLIENT_KEY_EXCHANGE: 4, HandshakeType.SERVER_HELLO_DONE: 4,
+    }
+    bodies = []
+    for payload in payloads:
+        seeds.append(b"\x05" + payload)
+        for f in parse_fragments(payload):
+            if f.offset == 0 and len(f.body) == f.length and f.msg_type in selector:
+                seeds.append(bytes([selector[f.msg_type]]) + f.body)
+                bodies.append(bytes([f.msg_type]) + f.body)
+            if f.msg_type == HandshakeType.CLIENT_HELLO and f.offset == 0 and len(f.body) == f.length:
+                w = Writer()
+                push_extensions(w, pull_client_hello(Buffer(f.body)).extensions)
+                seeds.append(b"\x03" + w.data())
+    seeds.append(b"\x04" + bytes(12))
+    seeds.append(b"\x06" + b"\xff\xfe".join(payloads[:12]))
+    seeds.append(b"\x06" + b"\xff\xfe".join(reversed(payloads[:12])))
+    for mtu_byte in (0, 20, 100, 255):
+        for coalesce in (0, 1):
+            seeds.append(b"\x07" + bytes([mtu_byte, coalesce]) + b"\xff\xfe".join([b"\x14", *bodies[:4]]))
+    return seeds
+
+
+def server_seeds() -> list[bytes]:
+    seeds = []
+    for variant, (kw, _) in enumerate(SERVER_VARIANTS):
+        wire_kw = {k: v for k, v in kw.items() if k in ("coalesce_records", "mtu", "cookies")}
+        wire = reference_wire(bool(kw.get("psk_identity_hint")), **wire_kw)
+        c2s = [d for direction, d in wire if direction == "c2s"]
+        # The established client's own traffic replayed.
+        seeds.append(bytes([variant]) + encode_frames([(0, d) for d in c2s]))
+        # Complete handshakes, data and close from fresh addresses, recorded against this very server.
+        pair = server_pair(variant)
+        client_kw = {k: v for k, v in kw.items() if k in ("coalesce_records", "mtu")}
+        clients = {tag: DTLSConnection(client_config(seed=7 + tag, **client_kw), peer="server") for tag in (4, 5)}
+        frames: list[tuple[int, bytes]] = []
+        for client in clients.values():
+            client.connect(pair.now)
+        for step in range(12):
+            for tag, client in clients.items():
+                if step == 8 and client.is_established:
+                    client.send(b"from a fresh address")
+                if step == 10 and client.is_established:
+                    client.close()
+                for d in client.datagrams_to_send(pair.now):
+                    frames.append((tag, d))
+                    pair.server.receive_datagram(d, addr_of(tag), pair.now)
+                for d, a in pair.server.datagrams_to_send(pair.now):
+                    for t, c in clients.items():
+                        if a == addr_of(t):
+                            c.receive_datagram(d, pair.now)
+        seeds.append(bytes([variant]) + encode_frames(frames))
+        # Both at once, interleaved, plus a timer tick.
+        mixed = [(0, d) for d in c2s[:3]] + [(0x84, d) for _, d in frames[:2]] + frames[2:]
+        seeds.append(bytes([variant]) + encode_frames(mixed))
+        # An authenticated peer misbehaving: plaintext epoch-1 records that the harness seals (tag bit 6).
+        sealed = [(0x40, _plain(23, 1000, b"sealed data")), (0x40, _plain(21, 1001, b"\x01\x5a")),
+                  (0x40, _plain(22, 1002, message_header(HandshakeType.FINISHED, 12, 4) + bytes(12))),
+                  (0x40, _plain(22, 1003, message_header(HandshakeType.CLIENT_HELLO, 0, 0))),
+                  (0x40, _plain(21, 1004, b"\x01\x00"))]
+        seeds.append(bytes([variant]) + encode_frames(sealed))
+    return seeds
+
+
+def _plain(content_type: int, seq: int, payload: bytes) -> bytes:
+    return encode_plain(content_type, (1 << 48) | seq, payload)
+
+
+def client_seeds() -> list[bytes]:
+    seeds = []
+    for index, (_, _, hint) in enumerate(CLIENT_STATES):
+        s2c = [d for direction, d in reference_wire(hint) if direction == "s2c"]
+        seeds.append(bytes([index]) + encode_frames([(0x40, s2c[0]), *((0, d) for d in s2c[1:])]))
+        seeds.append(bytes([index]) + encode_frames([(0xC0, d) for d in reversed(s2c)]))
+        seeds.append(bytes([index]) + encode_frames([(0x40, s2c[0]), *((0, d) for d in s2c[1:]),
+                                                     (0x20, _plain(23, 1000, b"sealed data")),
+                                                     (0x20, _plain(22, 1001, message_header(0, 0, 9)))]))
+    return seeds
+
+
+def write(target: str, seeds: list[bytes]) -> None:
+    out = CORPUS / target
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for n, seed in enumerate(dict.fromkeys(seeds)):
+        (out / f"seed-{n:03d}").write_bytes(seed)
+    print(f"{target}: {len(set(seeds))} seeds")
+
+
+def main() -> None:
+    write("fuzz_record", record_seeds())
+    write("fuzz_handshake_messages", message_seeds())
+    write("fuzz_server", server_seeds())
+    write("fuzz_client", client_seeds())
+
+
+if __name__ == "__main__":
+    main()
