@@ -285,7 +285,8 @@ class DTLSConnection(HandshakeLayer):
         established = self._state is _ESTABLISHED
         for frag in parse_fragments(payload):
             if established and frag.msg_type in _RENEGOTIATION:
-                self._refuse_renegotiation(frag.msg_type)  # any message_seq: a new handshake restarts at 0
+                # any message_seq: a new handshake restarts at 0
+                self._send_alert(AlertLevel.WARNING, AlertDescription.no_renegotiation)
             elif frag.message_seq < reasm.next_seq:
                 self._peer_retransmitted(now)
             elif established:
@@ -302,9 +303,6 @@ class DTLSConnection(HandshakeLayer):
             if (msg_type in PROTECTED_MESSAGES) != (msg_epoch == 1):
                 raise UnexpectedMessage(f"handshake type {msg_type} in epoch {msg_epoch}")
             expect((self._state, msg_type))(self, body, reasm.next_seq - 1, now)
-
-    def _refuse_renegotiation(self, msg_type: int) -> None:
-        self._send_alert(AlertLevel.WARNING, AlertDescription.no_renegotiation)
 
     def _peer_retransmitted(self, now: float) -> None:
         if self._flight and now - self._last_sent >= self._min_trigger_interval:
