@@ -104,6 +104,12 @@ class DTLSServer:
             self._collect(addr, conn)
 
     # -- internals -------------------------------------------------------------------------------
+    def _forget(self, addr: Address) -> None:
+        """Drop every trace of the connection at ``addr`` (its timer entry in the heap goes stale)."""
+        del self.connections[addr]
+        self._armed.pop(addr, None)
+        self._handshaking.discard(addr)
+
     def _collect(self, addr: Address, conn: DTLSConnection) -> None:
         for dgram in conn.datagrams_to_send(0.0):
             self._out.append((dgram, addr))
@@ -111,9 +117,7 @@ class DTLSServer:
             self._events.append((addr, event))
         if conn.is_closed:
             if self.connections.get(addr) is conn:
-                del self.connections[addr]
-                self._armed.pop(addr, None)
-                self._handshaking.discard(addr)
+                self._forget(addr)
             return
         if conn.is_handshaking:
             self._handshaking.add(addr)
@@ -171,9 +175,7 @@ class DTLSServer:
         if existing is not None:
             # A new handshake from a known address (reboot): the valid cookie proves the address, so the
             # old association gives way (RFC 6347 section 4.2.8).
-            del self.connections[addr]
-            self._armed.pop(addr, None)
-            self._handshaking.discard(addr)
+            self._forget(addr)
             if not existing.is_closed:
                 existing._terminate(ConnectionReplaced("peer started a new handshake"))
                 self._collect(addr, existing)
