@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from .constants import CipherSuite
+from cryptography import x509
+
+from .constants import ECDHE_ECDSA_SUITES, PSK_SUITES, CipherSuite
+from .keys import PrivateKey
+from .trust import TrustStore
 
 PskStore = Mapping[bytes, bytes] | Callable[[bytes], bytes | None]
 
-DEFAULT_SUITES = [CipherSuite.TLS_PSK_WITH_AES_128_CCM_8, CipherSuite.TLS_PSK_WITH_AES_128_CCM]
+#: Preference order (a server picks the first one the client offers and its credentials allow). Suites
+#: without credentials are left out of what is offered: a PSK-only endpoint offers exactly the PSK suites.
+DEFAULT_SUITES = [
+    CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,
+    CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8,
+    CipherSuite.TLS_PSK_WITH_AES_128_CCM,
+    CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM,
+]
 
 #: Default datagram budget (UDP payload bytes). Below the 548 bytes every IPv4 host reassembles and well
 #: below IPv6's 1280-byte minimum link MTU, so it survives tunnels and 6LoWPAN fragmentation; a PSK flight
@@ -24,9 +36,13 @@ MIN_MTU = 64
 class DTLSConfiguration:
     """Everything an endpoint needs. ``is_client`` selects the role.
 
-    Client credentials: ``psk_identity`` and ``psk``. Server credentials: ``psk_store`` (a mapping or a
-    callable from identity to key, returning ``None`` for unknown identities) and an optional
-    ``psk_identity_hint``.
+    PSK: a client has ``psk_identity`` and ``psk``; a server has ``psk_store`` (a mapping or a callable from
+    identity to key, returning ``None`` for unknown identities) and an optional ``psk_identity_hint``.
+
+    Public keys (ECDHE-ECDSA on P-256): ``private_key`` is the endpoint's own key, presented as a raw public
+    key (RFC 7250) or, with ``certificate_chain``, as X.509. ``trust`` judges the peer's key: a client needs it
+    to offer these suites at all; a server with a non-empty ``trust`` asks clients for a key or certificate,
+    and with ``require_client_auth`` refuses clients that present none.
     """
 
     is_client: bool = True
@@ -34,6 +50,10 @@ class DTLSConfiguration:
     psk: bytes | None = None
     psk_store: PskStore | None = None
     psk_identity_hint: bytes | None = None
+    private_key: PrivateKey | None = None
+    certificate_chain: list[x509.Certificate] | None = None
+    trust: TrustStore | None = None
+    require_client_auth: bool = False
     cipher_suites: list[int] = field(default_factory=lambda: list(DEFAULT_SUITES))
     #: Datagram budget in bytes of UDP payload; handshake flights are fragmented and packed to it.
     mtu: int = DEFAULT_MTU
@@ -60,6 +80,8 @@ class DTLSConfiguration:
     keylog_file: TextIO | None = None
     #: Source of randomness: a callable returning n random bytes. Tests pass a seeded one.
     random: Callable[[int], bytes] = os.urandom
+    #: Wall-clock time (seconds since the epoch), used only to check certificate validity periods.
+    wall_time: Callable[[], float] = time.time
 
     def validate(self) -> None:
         if self.mtu < MIN_MTU:
@@ -71,13 +93,33 @@ class DTLSConfiguration:
         if not self.cipher_suites:
             raise ValueError("at least one cipher suite is required")
         for suite in self.cipher_suites:
-            if suite not in (CipherSuite.TLS_PSK_WITH_AES_128_CCM_8, CipherSuite.TLS_PSK_WITH_AES_128_CCM):
+            if suite not in PSK_SUITES and suite not in ECDHE_ECDSA_SUITES:
                 raise ValueError(f"unsupported cipher suite 0x{suite:04X}")
+        if self.certificate_chain is not None and self.private_key is None:
+            raise ValueError("certificate_chain needs the matching private_key")
+        if self.require_client_auth and (self.trust is None or self.trust.empty):
+            raise ValueError("require_client_auth needs a trust store with pinned keys, a callback or CAs")
+        if not self.usable_suites():
+            if self.is_client:
+                raise ValueError("a client needs psk_identity and psk, or a trust store to verify a public-key "
+                                 "server, for one of its cipher_suites")
+            raise ValueError("a server needs psk_store, or a private_key, for one of its cipher_suites")
+
+    def has_psk(self) -> bool:
         if self.is_client:
-            if self.psk is None or self.psk_identity is None:
-                raise ValueError("a PSK client needs psk_identity and psk")
-        elif self.psk_store is None:
-            raise ValueError("a PSK server needs psk_store")
+            return self.psk is not None and self.psk_identity is not None
+        return self.psk_store is not None
+
+    def has_public_key(self) -> bool:
+        """The credentials for ECDHE-ECDSA: a client must be able to judge the server, a server needs a key."""
+        if self.is_client:
+            return self.trust is not None and not self.trust.empty
+        return self.private_key is not None
+
+    def usable_suites(self) -> list[int]:
+        """``cipher_suites`` that the configured credentials can complete, in preference order."""
+        psk, pk = self.has_psk(), self.has_public_key()
+        return [s for s in self.cipher_suites if (psk and s in PSK_SUITES) or (pk and s in ECDHE_ECDSA_SUITES)]
 
     def lookup_psk(self, identity: bytes) -> bytes | None:
         store = self.psk_store

@@ -37,6 +37,7 @@ from .handshake import (
 from .messages import ClientHello
 from .reassembly import parse_fragments
 from .record import _HDR, SEQ_MASK, Record, split_records
+from .trust import PeerCredential
 
 MAX_EARLY_DATA = 8
 _APPDATA = bytes((ContentType.APPLICATION_DATA,))
@@ -97,8 +98,17 @@ class DTLSConnection(HandshakeLayer):
 
     @property
     def identity(self) -> bytes:
-        """The PSK identity this connection authenticated with (ours on a client, the peer's on a server)."""
+        """Who authenticated. PSK suites: the PSK identity (ours on a client, the peer's on a server).
+
+        ECDHE-ECDSA suites: the peer's :attr:`PeerCredential.identity` (a trust-callback name, a certificate
+        subject or the key's ``ni:///sha-256;...`` URI), UTF-8 encoded; empty for a client that presented no key.
+        """
         return self._identity
+
+    @property
+    def peer_credential(self) -> PeerCredential | None:
+        """The peer's verified raw public key or certificate chain (ECDHE-ECDSA suites), else None."""
+        return self._peer
 
     @property
     def cipher_suite(self) -> int:
@@ -259,7 +269,10 @@ class DTLSConnection(HandshakeLayer):
             window = self._windows[0]
             if window.is_fresh(record.seq):  # a network duplicate is not a retransmission
                 window.mark(record.seq)
-                self._old_epoch_handshake(record.fragment, now)
+                if self._state is State.SERVER_WAIT_CERTIFICATE_VERIFY:
+                    self._on_handshake(record.fragment, 0, now)  # the CCS overtook the CertificateVerify
+                else:
+                    self._old_epoch_handshake(record.fragment, now)
 
     def _old_epoch_handshake(self, payload: bytes, now: float) -> None:
         """Epoch-0 handshake records after the switch: the peer retransmitting an older flight."""
@@ -370,11 +383,13 @@ class DTLSConnection(HandshakeLayer):
         self._hs_deadline = None
         if self._config.idle_timeout is not None:
             self._idle_deadline = self._last_sent + self._config.idle_timeout
-        self._events.append(HandshakeCompleted(self._suite, self._identity, self._use_ems))
+        self._events.append(HandshakeCompleted(self._suite, self._identity, self._use_ems, self._peer))
         for data in self._early_data:
             self._events.append(DataReceived(data))
         self._early_data = []
-        self._psk = b""
+        self._premaster = b""
+        self._peer_key = None
+        self._ecdhe_key = None
 
     def _fail(self, exc: AlertError) -> None:
         if self._state is _CLOSED:

@@ -62,7 +62,15 @@ class AlertDescription(IntEnum):
 class CipherSuite(IntEnum):
     TLS_PSK_WITH_AES_128_CCM = 0xC0A4
     TLS_PSK_WITH_AES_128_CCM_8 = 0xC0A8
+    TLS_ECDHE_ECDSA_WITH_AES_128_CCM = 0xC0AC
+    TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 = 0xC0AE
     TLS_EMPTY_RENEGOTIATION_INFO_SCSV = 0x00FF
+
+
+PSK_SUITES = frozenset({CipherSuite.TLS_PSK_WITH_AES_128_CCM_8, CipherSuite.TLS_PSK_WITH_AES_128_CCM})
+ECDHE_ECDSA_SUITES = frozenset(
+    {CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8, CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM}
+)
 
 
 class CompressionMethod(IntEnum):
@@ -75,16 +83,49 @@ class ExtensionType(IntEnum):
     SUPPORTED_GROUPS = 10
     EC_POINT_FORMATS = 11
     SIGNATURE_ALGORITHMS = 13
+    CLIENT_CERTIFICATE_TYPE = 19
+    SERVER_CERTIFICATE_TYPE = 20
     ENCRYPT_THEN_MAC = 22
     EXTENDED_MASTER_SECRET = 23
     SESSION_TICKET = 35
     RENEGOTIATION_INFO = 0xFF01
 
 
+class CertificateType(IntEnum):
+    """RFC 7250 certificate types (TLS Certificate Types registry)."""
+
+    X509 = 0
+    RAW_PUBLIC_KEY = 2
+
+
+class NamedGroup(IntEnum):
+    SECP256R1 = 23
+
+
+class ECPointFormat(IntEnum):
+    UNCOMPRESSED = 0
+
+
+class ECCurveType(IntEnum):
+    NAMED_CURVE = 3
+
+
+class SignatureScheme(IntEnum):
+    """TLS 1.2 SignatureAndHashAlgorithm as one 16-bit value: hash (4 = SHA-256) and signature (3 = ECDSA)."""
+
+    ECDSA_SECP256R1_SHA256 = 0x0403
+
+
+class ClientCertificateType(IntEnum):
+    ECDSA_SIGN = 64
+
+
 # AEAD parameters per suite: (key length, fixed IV length, tag length)
 SUITE_AEAD: dict[int, tuple[int, int, int]] = {
     CipherSuite.TLS_PSK_WITH_AES_128_CCM_8: (16, 4, 8),
     CipherSuite.TLS_PSK_WITH_AES_128_CCM: (16, 4, 16),
+    CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8: (16, 4, 8),
+    CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM: (16, 4, 16),
 }
 
 RECORD_HEADER_LEN = 13

@@ -56,6 +56,18 @@ class ProtocolVersionError(AlertError):
     description = AlertDescription.protocol_version
 
 
+class BadCertificate(AlertError):
+    description = AlertDescription.bad_certificate
+
+
+class UnsupportedCertificate(AlertError):
+    description = AlertDescription.unsupported_certificate
+
+
+class UnknownCA(AlertError):
+    description = AlertDescription.unknown_ca
+
+
 class InternalError(AlertError):
     description = AlertDescription.internal_error
 

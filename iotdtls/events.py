@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .constants import AlertDescription
+from .trust import PeerCredential
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,8 +16,11 @@ class Event:
 @dataclass(frozen=True, slots=True)
 class HandshakeCompleted(Event):
     cipher_suite: int
+    #: The PSK identity, or the peer's public-key identity (see ``DTLSConnection.identity``).
     identity: bytes
     extended_master_secret: bool
+    #: The peer's verified raw public key or certificate chain (ECDHE-ECDSA suites).
+    peer: PeerCredential | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
-"""The PSK handshake of both roles as a state table (RFC 6347 section 4.2, RFC 4279, RFC 7627).
+"""The handshake of both roles as a state table (RFC 6347 section 4.2, RFC 4279, RFC 8422, RFC 7627).
 
 ``HANDSHAKE_TABLE`` maps ``(state, handshake type)`` to a handler; ``CCS_TABLE`` does the same for
-ChangeCipherSpec. A pair missing from the tables is answered with ``unexpected_message``.
+ChangeCipherSpec. A pair missing from the tables is answered with ``unexpected_message``. The PSK handlers and
+the hellos and Finished are here; the public-key ones are in :mod:`iotdtls.handshake_pk`.
 """
 
 from __future__ import annotations
@@ -9,11 +10,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from enum import IntEnum, auto
 
 from .buffer import Buffer, Writer
-from .config import DTLSConfiguration
-from .constants import DTLS_1_2, SUITE_AEAD, AlertDescription, CipherSuite, ExtensionType, HandshakeType
+from .constants import (
+    DTLS_1_2,
+    ECDHE_ECDSA_SUITES,
+    SUITE_AEAD,
+    AlertDescription,
+    CipherSuite,
+    ExtensionType,
+    HandshakeType,
+)
 from .errors import (
     AlertError,
     DecryptError,
@@ -22,6 +29,8 @@ from .errors import (
     ProtocolVersionError,
     UnexpectedMessage,
 )
+from .handshake_base import HANDSHAKING, WAITING_FINISHED, State
+from .handshake_pk import PublicKeyHandshake
 from .messages import (
     ClientHello,
     ServerHello,
@@ -36,112 +45,35 @@ from .messages import (
     push_psk_identity,
     push_server_hello,
 )
-from .prf import HmacSha256Key, finished_verify_data, key_block, master_secret, psk_premaster
-from .reassembly import CCS, OutMessage, Reassembler, message_header
-from .record import CipherState
-from .transport import RecordLayer
+from .prf import psk_premaster
+from .reassembly import CCS, OutMessage
+
+__all__ = ["CCS_TABLE", "HANDSHAKE_TABLE", "HANDSHAKING", "PROTECTED_MESSAGES", "WAITING_FINISHED",
+           "HandshakeLayer", "State", "expect"]
 
 MAX_HELLO_VERIFY = 4
 
-
-class State(IntEnum):
-    CLIENT_START = auto()
-    CLIENT_WAIT_HELLO = auto()  # ClientHello sent: HelloVerifyRequest or ServerHello
-    CLIENT_WAIT_SKE_OR_DONE = auto()  # ServerHello received
-    CLIENT_WAIT_DONE = auto()  # ServerKeyExchange received
-    CLIENT_WAIT_FINISHED = auto()  # final flight sent: ChangeCipherSpec, then Finished
-    SERVER_START = auto()
-    SERVER_WAIT_CKE = auto()  # ServerHello flight sent
-    SERVER_WAIT_FINISHED = auto()  # ClientKeyExchange received: ChangeCipherSpec, then Finished
-    ESTABLISHED = auto()
-    CLOSED = auto()
-
-
-HANDSHAKING = frozenset(
-    {State.CLIENT_WAIT_HELLO, State.CLIENT_WAIT_SKE_OR_DONE, State.CLIENT_WAIT_DONE,
-     State.CLIENT_WAIT_FINISHED, State.SERVER_WAIT_CKE, State.SERVER_WAIT_FINISHED}
-)
-WAITING_FINISHED = frozenset({State.CLIENT_WAIT_FINISHED, State.SERVER_WAIT_FINISHED})
-
 _EMS_EXT: tuple[int, bytes] = (ExtensionType.EXTENDED_MASTER_SECRET, b"")
 _RENEG_EXT: tuple[int, bytes] = (ExtensionType.RENEGOTIATION_INFO, b"\x00")
+_PK_SERVER_HELLO_EXTS = frozenset({ExtensionType.EC_POINT_FORMATS, ExtensionType.SERVER_CERTIFICATE_TYPE,
+                                   ExtensionType.CLIENT_CERTIFICATE_TYPE})
 
 
-class HandshakeLayer(RecordLayer):
-    """Handshake state and message handlers; :class:`DTLSConnection` adds the public API."""
+class HandshakeLayer(PublicKeyHandshake):
+    """Handshake message handlers; :class:`DTLSConnection` adds the public API."""
 
-    __slots__ = (
-        "_client_random", "_dummy_psk_key", "_early_ccs", "_hello_verify_count", "_identity",
-        "_identity_hint", "_master", "_master_mac", "_psk", "_reasm", "_send_seq", "_server_random",
-        "_state", "_suite", "_transcript", "_use_ems",
-    )
-
-    def __init__(self, config: DTLSConfiguration) -> None:
-        super().__init__(config)
-        self._state = State.CLIENT_START if config.is_client else State.SERVER_START
-        self._reasm = Reassembler(config.max_handshake_message)
-        self._send_seq = 0
-        self._transcript = hashlib.sha256()
-        self._client_random = b""
-        self._server_random = b""
-        self._suite = 0
-        self._use_ems = False
-        self._master = b""
-        self._master_mac: HmacSha256Key | None = None
-        self._identity = b""
-        self._identity_hint = b""
-        self._psk = b""
-        self._hello_verify_count = 0
-        self._early_ccs = False
-        self._dummy_psk_key = b""
-
-    # -- helpers ---------------------------------------------------------------------------------
-    def _add_transcript(self, msg_type: int, seq: int, body: bytes) -> None:
-        self._transcript.update(message_header(msg_type, len(body), seq))
-        self._transcript.update(body)
-
-    def _next_message(self, msg_type: int, body: bytes, epoch: int = 0) -> OutMessage:
-        msg = OutMessage(epoch, msg_type, self._send_seq, body)
-        self._send_seq += 1
-        return msg
-
-    def _derive_keys(self) -> None:
-        key_len, iv_len, tag_len = SUITE_AEAD[self._suite]
-        session_hash = self._transcript.copy().digest() if self._use_ems else None
-        self._master = master_secret(psk_premaster(self._psk), self._client_random, self._server_random,
-                                     session_hash)
-        self._master_mac = HmacSha256Key(self._master)
-        kb = key_block(self._master_mac, self._client_random, self._server_random, 2 * (key_len + iv_len))
-        ck, sk = kb[:key_len], kb[key_len : 2 * key_len]
-        civ, siv = kb[2 * key_len : 2 * key_len + iv_len], kb[2 * key_len + iv_len :]
-        client_state, server_state = CipherState(ck, civ, tag_len), CipherState(sk, siv, tag_len)
-        if self._config.is_client:
-            self._write_cipher, self._next_read_cipher = client_state, server_state
-        else:
-            self._write_cipher, self._next_read_cipher = server_state, client_state
-        log = self._config.keylog_file
-        if log is not None:
-            log.write(f"CLIENT_RANDOM {self._client_random.hex()} {self._master.hex()}\n")
-            log.flush()
-
-    def _finished_data(self, is_client: bool) -> bytes:
-        assert self._master_mac is not None
-        return finished_verify_data(self._master_mac, is_client, self._transcript.copy().digest())
-
-    def _activate_read_epoch(self) -> None:
-        """Hook: the connection switches its read side to epoch 1 and replays buffered records."""
-        raise NotImplementedError
-
-    def _handshake_done(self) -> None:
-        raise NotImplementedError
+    __slots__ = ()
 
     # -- client ----------------------------------------------------------------------------------
     def _send_client_hello(self, cookie: bytes, now: float) -> None:
         cfg = self._config
         exts: list[tuple[int, bytes]] = [_EMS_EXT] if cfg.extended_master_secret else []
+        offered = cfg.usable_suites()
+        if any(s in ECDHE_ECDSA_SUITES for s in offered):
+            exts += self._client_pk_extensions()
         # Secure renegotiation is signalled with the SCSV, which RFC 5746 section 3.4 makes equivalent to an
         # empty renegotiation_info extension and which costs 2 bytes instead of 5.
-        suites = [*cfg.cipher_suites, CipherSuite.TLS_EMPTY_RENEGOTIATION_INFO_SCSV]
+        suites = [*offered, CipherSuite.TLS_EMPTY_RENEGOTIATION_INFO_SCSV]
         hello = ClientHello(random=self._client_random, cipher_suites=suites, cookie=cookie, extensions=exts)
         w = Writer()
         push_client_hello(w, hello)
@@ -163,13 +95,18 @@ class HandshakeLayer(RecordLayer):
         cfg = self._config
         if sh.version != DTLS_1_2:
             raise ProtocolVersionError("server chose a version other than DTLS 1.2")
-        if sh.cipher_suite not in cfg.cipher_suites or sh.cipher_suite not in SUITE_AEAD:
+        if sh.cipher_suite not in cfg.usable_suites() or sh.cipher_suite not in SUITE_AEAD:
             raise IllegalParameter("server chose a cipher suite we did not offer")
         if sh.compression_method != 0:
             raise IllegalParameter("server chose compression")
         offered = {ExtensionType.RENEGOTIATION_INFO}
         if cfg.extended_master_secret:
             offered.add(ExtensionType.EXTENDED_MASTER_SECRET)
+        ecdhe = sh.cipher_suite in ECDHE_ECDSA_SUITES
+        if ecdhe:
+            offered |= _PK_SERVER_HELLO_EXTS
+            if cfg.private_key is None:
+                offered.discard(ExtensionType.CLIENT_CERTIFICATE_TYPE)
         for ext_type, _ in sh.extensions:
             if ext_type not in offered:
                 raise AlertError("server sent an extension we did not offer",
@@ -181,7 +118,10 @@ class HandshakeLayer(RecordLayer):
         self._suite = sh.cipher_suite
         self._server_random = sh.random
         self._add_transcript(HandshakeType.SERVER_HELLO, seq, body)
-        self._state = State.CLIENT_WAIT_SKE_OR_DONE
+        if ecdhe:
+            self._client_pk_server_hello(sh.extensions)
+        else:
+            self._state = State.CLIENT_WAIT_SKE_OR_DONE
 
     def _client_server_key_exchange(self, body: bytes, seq: int, now: float) -> None:
         self._identity_hint = pull_psk_identity(Buffer(body))
@@ -191,18 +131,22 @@ class HandshakeLayer(RecordLayer):
     def _client_server_hello_done(self, body: bytes, seq: int, now: float) -> None:
         pull_empty(Buffer(body))
         self._add_transcript(HandshakeType.SERVER_HELLO_DONE, seq, body)
-        cfg = self._config
-        assert cfg.psk_identity is not None and cfg.psk is not None
-        self._identity, self._psk = cfg.psk_identity, cfg.psk
-        w = Writer()
-        push_psk_identity(w, self._identity)
-        cke = self._next_message(HandshakeType.CLIENT_KEY_EXCHANGE, w.data())
-        self._add_transcript(cke.msg_type, cke.message_seq, cke.body)
-        self._derive_keys()
+        if self._suite in ECDHE_ECDSA_SUITES:
+            flight = self._client_pk_final_flight()
+        else:
+            cfg = self._config
+            assert cfg.psk_identity is not None and cfg.psk is not None
+            self._identity, self._premaster = cfg.psk_identity, psk_premaster(cfg.psk)
+            w = Writer()
+            push_psk_identity(w, self._identity)
+            cke = self._next_message(HandshakeType.CLIENT_KEY_EXCHANGE, w.data())
+            self._add_transcript(cke.msg_type, cke.message_seq, cke.body)
+            self._derive_keys()
+            flight = [cke]
         fin = self._next_message(HandshakeType.FINISHED, self._finished_data(True), epoch=1)
         self._add_transcript(fin.msg_type, fin.message_seq, fin.body)
         self._state = State.CLIENT_WAIT_FINISHED
-        self._send_flight([cke, OutMessage(0, CCS), fin], now)
+        self._send_flight([*flight, OutMessage(0, CCS), fin], now)
         self._write_epoch = 1
 
     def _client_finished(self, body: bytes, seq: int, now: float) -> None:
@@ -225,9 +169,7 @@ class HandshakeLayer(RecordLayer):
             raise ProtocolVersionError("client does not offer DTLS 1.2")
         if 0 not in hello.compression_methods:
             raise IllegalParameter("client does not offer null compression")
-        suite = next((s for s in cfg.cipher_suites if s in hello.cipher_suites), None)
-        if suite is None:
-            raise HandshakeFailure("no cipher suite in common")
+        suite, pk_exts = self._server_choose_suite(hello)
         reneg = check_renegotiation_info(hello.extensions) or \
             CipherSuite.TLS_EMPTY_RENEGOTIATION_INFO_SCSV in hello.cipher_suites
         client_ems = find_extension(hello.extensions, ExtensionType.EXTENDED_MASTER_SECRET) is not None
@@ -241,33 +183,56 @@ class HandshakeLayer(RecordLayer):
             exts.append(_RENEG_EXT)
         if self._use_ems:
             exts.append(_EMS_EXT)
+        exts += pk_exts
         w = Writer()
         push_server_hello(w, ServerHello(random=self._server_random, cipher_suite=suite, extensions=exts))
         flight = [self._next_message(HandshakeType.SERVER_HELLO, w.data())]
-        if cfg.psk_identity_hint is not None:
+        if suite in ECDHE_ECDSA_SUITES:
+            flight += self._server_pk_flight()
+        elif cfg.psk_identity_hint is not None:
             w = Writer()
             push_psk_identity(w, cfg.psk_identity_hint)
             flight.append(self._next_message(HandshakeType.SERVER_KEY_EXCHANGE, w.data()))
         flight.append(self._next_message(HandshakeType.SERVER_HELLO_DONE, b""))
         for msg in flight:
             self._add_transcript(msg.msg_type, msg.message_seq, msg.body)
-        self._state = State.SERVER_WAIT_CKE
+        self._state = State.SERVER_WAIT_CLIENT_CERTIFICATE if self._cert_requested else State.SERVER_WAIT_CKE
         self._send_flight(flight, now)
 
+    def _server_choose_suite(self, hello: ClientHello) -> tuple[int, list[tuple[int, bytes]]]:
+        """The first suite of our preference the client offers and our credentials and its extensions allow."""
+        refusal: AlertError | None = None
+        for suite in self._config.usable_suites():
+            if suite not in hello.cipher_suites:
+                continue
+            if suite not in ECDHE_ECDSA_SUITES:
+                return suite, []
+            try:
+                return suite, self._server_pk_negotiate(hello)
+            except AlertError as exc:
+                refusal = refusal or exc
+        raise refusal or HandshakeFailure("no cipher suite in common")
+
     def _server_client_key_exchange(self, body: bytes, seq: int, now: float) -> None:
+        if self._suite in ECDHE_ECDSA_SUITES:
+            self._server_ecdhe_client_key_exchange(body, seq, now)
+        else:
+            self._server_psk_client_key_exchange(body, seq, now)
+        if self._early_ccs:
+            self._early_ccs = False
+            self._activate_read_epoch()
+
+    def _server_psk_client_key_exchange(self, body: bytes, seq: int, now: float) -> None:
         identity = pull_psk_identity(Buffer(body))
         psk = self._config.lookup_psk(identity)
         if not psk:
             # Unknown identity: continue with a key nobody has, so it fails exactly like a wrong key
             # (bad_record_mac on the client's Finished), with the same work done (RFC 4279 section 5.1).
             psk = hmac.digest(self._dummy_psk_key, identity, "sha256")[:16]
-        self._identity, self._psk = identity, psk
+        self._identity, self._premaster = identity, psk_premaster(psk)
         self._add_transcript(HandshakeType.CLIENT_KEY_EXCHANGE, seq, body)
         self._derive_keys()
         self._state = State.SERVER_WAIT_FINISHED
-        if self._early_ccs:
-            self._early_ccs = False
-            self._activate_read_epoch()
 
     def _server_finished(self, body: bytes, seq: int, now: float) -> None:
         verify = pull_finished(Buffer(body))
@@ -300,6 +265,16 @@ HANDSHAKE_TABLE: dict[tuple[State, int], Handler] = {
     (State.CLIENT_WAIT_FINISHED, HandshakeType.FINISHED): HandshakeLayer._client_finished,
     (State.SERVER_WAIT_CKE, HandshakeType.CLIENT_KEY_EXCHANGE): HandshakeLayer._server_client_key_exchange,
     (State.SERVER_WAIT_FINISHED, HandshakeType.FINISHED): HandshakeLayer._server_finished,
+    # ECDHE-ECDSA
+    (State.CLIENT_WAIT_CERTIFICATE, HandshakeType.CERTIFICATE): HandshakeLayer._client_certificate,
+    (State.CLIENT_WAIT_ECDHE_SKE, HandshakeType.SERVER_KEY_EXCHANGE):
+        HandshakeLayer._client_ecdhe_server_key_exchange,
+    (State.CLIENT_WAIT_CR_OR_DONE, HandshakeType.CERTIFICATE_REQUEST): HandshakeLayer._client_certificate_request,
+    (State.CLIENT_WAIT_CR_OR_DONE, HandshakeType.SERVER_HELLO_DONE): HandshakeLayer._client_server_hello_done,
+    (State.SERVER_WAIT_CLIENT_CERTIFICATE, HandshakeType.CERTIFICATE): HandshakeLayer._server_client_certificate,
+    (State.SERVER_WAIT_CKE_AUTH, HandshakeType.CLIENT_KEY_EXCHANGE): HandshakeLayer._server_client_key_exchange,
+    (State.SERVER_WAIT_CERTIFICATE_VERIFY, HandshakeType.CERTIFICATE_VERIFY):
+        HandshakeLayer._server_certificate_verify,
 }
 
 #: ChangeCipherSpec is legal only here, and only while the read side is still in epoch 0.
@@ -307,6 +282,11 @@ CCS_TABLE: dict[State, Callable[[HandshakeLayer], None]] = {
     State.CLIENT_WAIT_FINISHED: HandshakeLayer._ccs_switch,
     State.SERVER_WAIT_FINISHED: HandshakeLayer._ccs_switch,
     State.SERVER_WAIT_CKE: HandshakeLayer._ccs_early,
+    State.SERVER_WAIT_CLIENT_CERTIFICATE: HandshakeLayer._ccs_early,
+    State.SERVER_WAIT_CKE_AUTH: HandshakeLayer._ccs_early,
+    # Keys exist but the CertificateVerify is outstanding: switch now, so a Finished that skips the
+    # CertificateVerify meets unexpected_message; a reordered CertificateVerify is still read from epoch 0.
+    State.SERVER_WAIT_CERTIFICATE_VERIFY: HandshakeLayer._ccs_switch,
 }
 
 #: Handshake messages that must arrive protected (epoch 1); all others must arrive in epoch 0.

@@ -197,3 +197,54 @@ def raw_records(datagram: bytes) -> list[bytes]:
         out.append(datagram[pos:end])
         pos = end
     return out
+
+
+# -- public keys (ECDHE-ECDSA) --------------------------------------------------------------------
+def p256_key(label: str):  # type: ignore[no-untyped-def]
+    """A deterministic P-256 private key per label, so fingerprints in tests stay stable."""
+    import hashlib
+
+    from iotdtls.keys import derive_scalar_key
+
+    return derive_scalar_key(hashlib.sha512(label.encode()).digest()[:48])
+
+
+def pin_of(key) -> bytes:  # type: ignore[no-untyped-def]
+    from iotdtls.keys import fingerprint, spki_der
+
+    return fingerprint(spki_der(key))
+
+
+def pk_client_config(seed: int = 1, *, key: str | None = "client", trust: tuple[str, ...] = ("server",),
+                     **kw: object) -> DTLSConfiguration:
+    """A raw-public-key client: own key ``key`` (None: no key), pinning the keys named in ``trust``."""
+    from iotdtls.trust import TrustStore
+
+    kw.setdefault("psk_identity", None)
+    kw.setdefault("psk", None)
+    kw.setdefault("private_key", p256_key(key) if key else None)
+    kw.setdefault("trust", TrustStore.of(pin_of(p256_key(t)) for t in trust))
+    return client_config(seed, **kw)
+
+
+def pk_server_config(seed: int = 2, *, key: str = "server", trust: tuple[str, ...] = ("client",),
+                     **kw: object) -> DTLSConfiguration:
+    """A raw-public-key server (no PSK unless ``psk_store`` is given) pinning the keys named in ``trust``."""
+    from iotdtls.trust import TrustStore
+
+    kw.setdefault("psk_store", None)
+    kw.setdefault("private_key", p256_key(key))
+    if trust:
+        kw.setdefault("trust", TrustStore.of(pin_of(p256_key(t)) for t in trust))
+    return server_config(seed, **kw)
+
+
+class PkPair(Pair):
+    """Pair with raw-public-key configurations; ``client_kw``/``server_kw`` go to pk_*_config."""
+
+    def __init__(self, client_kw: dict[str, object] | None = None, server_kw: dict[str, object] | None = None,
+                 **server_limits: int) -> None:
+        self.now = 0.0
+        self.client = DTLSConnection(pk_client_config(**(client_kw or {})), peer="server")  # type: ignore[arg-type]
+        self.server = DTLSServer(pk_server_config(**(server_kw or {})), **server_limits)  # type: ignore[arg-type]
+        self.wire = []

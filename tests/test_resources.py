@@ -523,7 +523,7 @@ def test_memory_per_established_session(sessions: tuple[DTLSServer, float]) -> N
     assert len(server._heap) <= 64 + 4 * len(server._armed)  # stale timer entries are compacted
     for conn in server.connections.values():  # no handshake leftovers that grow with the session count
         assert not conn._reasm._parts and not conn._future and not conn._early_data and not conn._out
-        assert conn._psk == b"" and conn._next_read_cipher is None
+        assert conn._premaster == b"" and conn._next_read_cipher is None and conn._peer_key is None
     assert per_session < 8 * 1024, f"{per_session:.0f} bytes per established session"
 
 

@@ -10,19 +10,29 @@ import sys
 from ..aio import ClientSession, connect
 from ..config import DTLSConfiguration
 from ..errors import DTLSError
-from .common import UsageError, add_common, apply_common, describe_error, fail, parse_hex
+from .common import (
+    UsageError,
+    add_common,
+    add_public_key,
+    apply_common,
+    apply_public_key,
+    describe_error,
+    fail,
+    parse_hex,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="iotdtls-client", description="DTLS 1.2 PSK client: stdin lines out, "
-                                "received datagrams to stdout")
+    p = argparse.ArgumentParser(prog="iotdtls-client", description="DTLS 1.2 client (PSK or raw public keys and "
+                                "certificates): stdin lines out, received datagrams to stdout")
     p.add_argument("host")
     p.add_argument("port", type=int)
-    p.add_argument("--psk-identity", required=True, metavar="ID")
-    p.add_argument("--psk", required=True, metavar="HEX")
+    p.add_argument("--psk-identity", metavar="ID")
+    p.add_argument("--psk", metavar="HEX")
     p.add_argument("--linger", type=float, default=1.0, metavar="S",
                    help="keep receiving S seconds after stdin ends (default 1)")
     add_common(p)
+    add_public_key(p, server=False)
     return p
 
 
@@ -70,8 +80,14 @@ async def run(args: argparse.Namespace, config: DTLSConfiguration) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        config = DTLSConfiguration(is_client=True, psk_identity=args.psk_identity.encode(),
-                                   psk=parse_hex(args.psk, "--psk"))
+        if (args.psk is None) != (args.psk_identity is None):
+            raise UsageError("--psk and --psk-identity go together")
+        if args.psk is None and not (args.trust_key or args.ca):
+            raise UsageError("give --psk-identity and --psk, or --trust-key/--ca to verify a public-key server")
+        config = DTLSConfiguration(is_client=True,
+                                   psk_identity=args.psk_identity.encode() if args.psk_identity else None,
+                                   psk=parse_hex(args.psk, "--psk") if args.psk else None)
+        apply_public_key(config, args)
         apply_common(config, args)
         status = asyncio.run(run(args, config))
     except UsageError as exc:

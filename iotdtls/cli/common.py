@@ -46,6 +46,56 @@ def apply_common(config: DTLSConfiguration, args: argparse.Namespace) -> TextIO 
     return keylog
 
 
+def add_public_key(parser: argparse.ArgumentParser, *, server: bool) -> None:
+    g = parser.add_argument_group("raw public keys and certificates (ECDHE-ECDSA on P-256)")
+    g.add_argument("--key", metavar="FILE", help="own private key (PEM/DER, PKCS#8 or SEC1); without --cert it "
+                   "is presented as a raw public key")
+    g.add_argument("--cert", metavar="FILE", help="own X.509 certificate chain (PEM, leaf first) instead of a raw key")
+    g.add_argument("--trust-key", metavar="FILE|FINGERPRINT", action="append", default=[],
+                   help="a pinned peer public key (PEM/DER SPKI) or its SHA-256 fingerprint (hex or "
+                   "ni:///sha-256;...); repeatable")
+    g.add_argument("--ca", metavar="FILE", action="append", default=[],
+                   help="trusted CA certificates (PEM) for X.509 peers; repeatable")
+    if server:
+        g.add_argument("--require-client-auth", action="store_true",
+                       help="refuse clients that present no trusted key or certificate")
+    else:
+        g.add_argument("--server-name", metavar="NAME",
+                       help="name a server certificate must carry (default: the host argument)")
+
+
+def apply_public_key(config: DTLSConfiguration, args: argparse.Namespace) -> None:
+    """Load ``--key``/``--cert``/``--trust-key``/``--ca`` into ``config``; file problems are usage errors."""
+    from ..keys import KeyFileError, load_certificates, load_private_key, read_pin
+    from ..trust import TrustStore
+
+    def read(path: str, what: str) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+    try:
+        if args.key:
+            config.private_key = load_private_key(read(args.key, "key file"))
+        if args.cert:
+            if not args.key:
+                raise UsageError("--cert needs --key with the certificate's private key")
+            config.certificate_chain = load_certificates(read(args.cert, "certificate file"))
+            if config.certificate_chain[0].public_key() != config.private_key.public_key():  # type: ignore[union-attr]
+                raise UsageError(f"{args.cert}: the certificate does not match the key in {args.key}")
+        pins = {read_pin(p) for p in args.trust_key}
+        cas = [c for path in args.ca for c in load_certificates(read(path, "CA file"))]
+    except KeyFileError as exc:
+        raise UsageError(str(exc)) from None
+    if pins or cas:
+        config.trust = TrustStore.of(pins, cas)
+        if config.is_client:
+            config.trust.server_name = args.server_name or args.host
+    config.require_client_auth = bool(getattr(args, "require_client_auth", False))
+
+
 def parse_hex(value: str, what: str) -> bytes:
     try:
         key = bytes.fromhex(value.removeprefix("0x"))

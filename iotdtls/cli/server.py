@@ -12,19 +12,30 @@ from ..aio import ServerSession, serve
 from ..config import DTLSConfiguration
 from ..constants import CipherSuite
 from ..errors import DTLSError
-from .common import UsageError, add_common, apply_common, describe_error, fail, load_psk_file
+from .common import (
+    UsageError,
+    add_common,
+    add_public_key,
+    apply_common,
+    apply_public_key,
+    describe_error,
+    fail,
+    load_psk_file,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="iotdtls-server", description="DTLS 1.2 PSK echo server")
+    p = argparse.ArgumentParser(prog="iotdtls-server", description="DTLS 1.2 echo server (PSK and/or raw public "
+                                "keys and certificates)")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--psk-file", required=True, metavar="FILE", help="identity:hexkey per line")
+    p.add_argument("--psk-file", metavar="FILE", help="identity:hexkey per line")
     p.add_argument("--psk-hint", metavar="TEXT", help="PSK identity hint (sends ServerKeyExchange)")
     p.add_argument("--max-sessions", type=int, default=10000)
     p.add_argument("--max-handshakes", type=int, default=100)
     p.add_argument("--idle-timeout", type=float, metavar="S")
     add_common(p)
+    add_public_key(p, server=True)
     return p
 
 
@@ -74,9 +85,13 @@ async def run(args: argparse.Namespace, config: DTLSConfiguration) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        config = DTLSConfiguration(is_client=False, psk_store=load_psk_file(args.psk_file),
+        if not args.psk_file and not args.key:
+            raise UsageError("give --psk-file, --key, or both")
+        config = DTLSConfiguration(is_client=False,
+                                   psk_store=load_psk_file(args.psk_file) if args.psk_file else None,
                                    psk_identity_hint=args.psk_hint.encode() if args.psk_hint else None,
                                    idle_timeout=args.idle_timeout)
+        apply_public_key(config, args)
         apply_common(config, args)
         asyncio.run(run(args, config))
     except UsageError as exc:
