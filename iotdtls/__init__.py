@@ -1,4 +1,5 @@
-"""iotdtls: a pure-Python DTLS 1.2 stack for the RFC 7925 IoT profile (PSK with AES-128-CCM-8)."""
+"""iotdtls: a pure-Python DTLS 1.2 stack for the RFC 7925 IoT profile (PSK and raw public keys / X.509 with
+AES-128-CCM-8)."""
 
 from .config import DTLSConfiguration
 from .connection import DTLSConnection, IdleTimeout
@@ -6,6 +7,7 @@ from .constants import AlertDescription, CipherSuite
 from .errors import AlertError, ConnectionClosed, DTLSError, HandshakeTimeout, RemoteAlert
 from .events import AlertReceived, ConnectionTerminated, DataReceived, Event, HandshakeCompleted
 from .server import ConnectionReplaced, DTLSServer
+from .trust import PeerCredential, TrustStore
 
 __version__ = "0.1.0"
 
@@ -26,5 +28,7 @@ __all__ = [
     "HandshakeCompleted",
     "HandshakeTimeout",
     "IdleTimeout",
+    "PeerCredential",
     "RemoteAlert",
+    "TrustStore",
 ]

@@ -10,6 +10,7 @@ from ..config import DTLSConfiguration
 from ..connection import DTLSConnection
 from ..errors import ConnectionClosed, DTLSError
 from ..events import ConnectionTerminated, DataReceived, HandshakeCompleted
+from ..trust import PeerCredential
 from .queue import DataQueue
 
 
@@ -26,7 +27,13 @@ class ClientSession(asyncio.DatagramProtocol):
 
     @property
     def identity(self) -> bytes:
+        """Our PSK identity, or for public-key suites the server's key/certificate identity."""
         return self.connection.identity
+
+    @property
+    def peer_credential(self) -> PeerCredential | None:
+        """The server's verified raw public key or certificate chain (public-key suites)."""
+        return self.connection.peer_credential
 
     # -- DatagramProtocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

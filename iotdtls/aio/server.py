@@ -11,6 +11,7 @@ from ..config import DTLSConfiguration
 from ..errors import ConnectionClosed
 from ..events import ConnectionTerminated, DataReceived, HandshakeCompleted
 from ..server import DTLSServer
+from ..trust import PeerCredential
 from .queue import DataQueue
 
 SessionHandler = Callable[["ServerSession"], Awaitable[None] | None]
@@ -19,11 +20,15 @@ SessionHandler = Callable[["ServerSession"], Awaitable[None] | None]
 class ServerSession:
     """One authenticated peer of a :class:`Server`."""
 
-    def __init__(self, server: Server, addr: Any, identity: bytes, cipher_suite: int) -> None:
+    def __init__(self, server: Server, addr: Any, identity: bytes, cipher_suite: int,
+                 peer_credential: PeerCredential | None = None) -> None:
         self._server = server
         self.peer = addr
+        #: The PSK identity, or for public-key suites the client's key/certificate identity (b"" if anonymous).
         self.identity = identity
         self.cipher_suite = cipher_suite
+        #: The client's verified raw public key or certificate chain (public-key suites with client auth).
+        self.peer_credential = peer_credential
         self._data = DataQueue()
         self.closed = False
 
@@ -108,7 +113,7 @@ class Server(asyncio.DatagramProtocol):
             self._timer_at = when
 
     def _open_session(self, addr: Any, event: HandshakeCompleted) -> None:
-        session = ServerSession(self, addr, event.identity, event.cipher_suite)
+        session = ServerSession(self, addr, event.identity, event.cipher_suite, event.peer)
         self._sessions[addr] = session
         if self.on_handshake is not None:
             self.on_handshake(addr, event.identity, None)

@@ -132,11 +132,11 @@ def fail(message: str, status: int, prog: str) -> NoReturn:
     sys.exit(status)
 
 
-def describe_error(exc: BaseException) -> str:
+def describe_error(exc: BaseException, peer: str = "server") -> str:
     from ..errors import AlertError, HandshakeTimeout
 
     if isinstance(exc, AlertError):
-        who = "server sent alert" if exc.remote else "handshake failed"
+        who = f"{peer} sent alert" if exc.remote else "handshake failed"
         text = f"{who}: {exc.description.name}"
         return text + (f" ({exc.reason})" if exc.reason else "")
     if isinstance(exc, HandshakeTimeout):

@@ -51,7 +51,7 @@ async def run(args: argparse.Namespace, config: DTLSConfiguration) -> None:
                 await session.send(data)
             except (DTLSError, ValueError) as exc:
                 if not isinstance(exc, DTLSError) or not session.closed:
-                    log(f"{session.peer[0]}:{session.peer[1]}: {describe_error(exc)}")
+                    log(f"{session.peer[0]}:{session.peer[1]}: {describe_error(exc, peer='client')}")
                 if session.closed:
                     log(f"{session.peer[0]}:{session.peer[1]}: session closed")
                     return
@@ -64,7 +64,8 @@ async def run(args: argparse.Namespace, config: DTLSConfiguration) -> None:
             assert identity is not None
             log(f"{where}: handshake complete, identity={identity.decode(errors='replace')!r}, suite={suite}")
         else:
-            log(f"{where}: handshake failed: {describe_error(error)}")
+            text = describe_error(error, peer="client")
+            log(f"{where}: {text if text.startswith('handshake failed') else 'handshake failed: ' + text}")
 
     try:
         server = await serve(args.host, args.port, config, echo, max_sessions=args.max_sessions,
