@@ -1,4 +1,5 @@
-"""iotdtls-demo: a PSK client and server on loopback, with the handshake shown flight by flight."""
+"""iotdtls-demo: a client and server on loopback (PSK, or raw public keys with --rpk), the handshake shown flight by
+flight."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from ..aio.relay import LossyRelay
 from ..config import DTLSConfiguration
 from ..constants import CipherSuite
 from ..errors import DTLSError
+from ..keys import fingerprint, generate_private_key, spki_der
 from ..trace import describe_datagram
+from ..trust import TrustStore
 from .common import describe_error
 
 IDENTITY = b"sensor-42"
@@ -31,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mtu", type=int, default=512, help="datagram budget in bytes")
     p.add_argument("--retransmit-initial", type=float, default=0.5, metavar="S")
     p.add_argument("--messages", type=int, default=3, help="application messages to echo")
+    p.add_argument("--rpk", action="store_true",
+                   help="raw public keys (ECDHE-ECDSA, mutual authentication, pinned keys) instead of a PSK")
     return p
 
 
@@ -67,8 +72,15 @@ async def run(args: argparse.Namespace) -> int:
 
     common = {"mtu": args.mtu, "retransmit_initial": args.retransmit_initial,
               "retransmit_max": max(8 * args.retransmit_initial, args.retransmit_initial)}
-    server_cfg = DTLSConfiguration(is_client=False, psk_store={IDENTITY: KEY}, **common)
-    client_cfg = DTLSConfiguration(psk_identity=IDENTITY, psk=KEY, **common)
+    if args.rpk:
+        server_key, client_key = generate_private_key(), generate_private_key()
+        server_cfg = DTLSConfiguration(is_client=False, private_key=server_key, require_client_auth=True,
+                                       trust=TrustStore.of([fingerprint(spki_der(client_key))]), **common)
+        client_cfg = DTLSConfiguration(private_key=client_key, trust=TrustStore.of([fingerprint(spki_der(server_key))]),
+                                       **common)
+    else:
+        server_cfg = DTLSConfiguration(is_client=False, psk_store={IDENTITY: KEY}, **common)
+        client_cfg = DTLSConfiguration(psk_identity=IDENTITY, psk=KEY, **common)
 
     async def echo(session: ServerSession) -> None:
         while True:
@@ -92,7 +104,8 @@ async def run(args: argparse.Namespace) -> int:
             conn = session.connection
             hs_time = time.monotonic() - start
             hs_bytes = totals["c2s"][1] + totals["s2c"][1]
-            print(f"\nhandshake complete in {hs_time:.3f} s: identity {conn.identity.decode()}, "
+            who = f"server key {conn.identity.decode()}" if args.rpk else f"identity {conn.identity.decode()}"
+            print(f"\nhandshake complete in {hs_time:.3f} s: {who}, "
                   f"{CipherSuite(conn.cipher_suite).name}, extended master secret on; "
                   f"{totals['c2s'][0] + totals['s2c'][0]} datagrams, {hs_bytes} B on the wire; "
                   f"client retransmitted {conn.retransmissions} time(s)\n")
