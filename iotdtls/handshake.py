@@ -115,7 +115,7 @@ class HandshakeLayer(PublicKeyHandshake):
         self._use_ems = find_extension(sh.extensions, ExtensionType.EXTENDED_MASTER_SECRET) is not None
         if cfg.require_extended_master_secret and not self._use_ems:
             raise HandshakeFailure("server does not support the extended master secret")
-        self._suite = sh.cipher_suite
+        self._suite = CipherSuite(sh.cipher_suite)
         self._server_random = sh.random
         self._add_transcript(HandshakeType.SERVER_HELLO, seq, body)
         if ecdhe:

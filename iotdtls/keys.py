@@ -98,7 +98,7 @@ def parse_fingerprint(text: str) -> bytes:
     """A SHA-256 fingerprint from hex (``AB:CD...``, ``sha-256:...``, ``sha256:...``) or ``ni:///sha-256;...``."""
     t = text.strip()
     if t.lower().startswith("ni:"):
-        m = re.fullmatch(r"ni://[^/]*/sha-256;([A-Za-z0-9_-]{43})(\?.*)?", t)
+        m = re.fullmatch(r"(?i:ni)://[^/]*/(?i:sha-256);([A-Za-z0-9_-]{43})(\?.*)?", t)
         if not m:
             raise KeyFileError(f"not an ni:///sha-256 URI: {text!r}")
         return base64.urlsafe_b64decode(m.group(1) + "=")

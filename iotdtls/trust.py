@@ -111,15 +111,17 @@ class TrustStore:
         except ValueError:
             raise BadCertificate("certificate does not parse") from None
         when = datetime.datetime.fromtimestamp(wall_time, datetime.UTC)
+        for cert in certs:
+            if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
+                raise AlertError(f"{cert.subject.rfc4514_string()} is not valid now (valid "
+                                 f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})",
+                                 description=AlertDescription.certificate_expired)
         builder = PolicyBuilder().store(Store(self.ca_certificates)).time(when).extension_policies(
             ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ExtensionPolicy.permit_all())
         try:
             builder.build_client_verifier().verify(certs[0], certs[1:])
         except VerificationError as exc:
-            text = str(exc)
-            if "expired" in text or "not yet valid" in text or "validity" in text:
-                raise AlertError(text, description=AlertDescription.certificate_expired) from None
-            raise UnknownCA(f"chain does not verify: {text}") from None
+            raise UnknownCA(f"chain does not verify: {exc}") from None
         if self.server_name is not None and not _names(certs[0], self.server_name):
             raise BadCertificate(f"certificate is not valid for {self.server_name}")
 

@@ -45,10 +45,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.show:
             data = key_path.read_bytes()
-            try:
+            if b"PRIVATE KEY" in data:
                 spki = spki_der(load_private_key(data))
-            except KeyFileError:
-                spki = spki_der(load_public_key(data))
+            else:
+                try:
+                    spki = spki_der(load_private_key(data))  # DER: private or public, we cannot tell by looking
+                except KeyFileError:
+                    spki = spki_der(load_public_key(data))
             report(spki)
             return
         pub_path = Path(args.public) if args.public else key_path.with_suffix(".pub")
