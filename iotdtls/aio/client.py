@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Generator
 from typing import Any, cast
 
@@ -115,6 +116,10 @@ class _Connector:
     async def _open(self) -> ClientSession:
         host, port, config = self._args
         config.is_client = True
+        trust = config.trust
+        if trust is not None and trust.ca_certificates and trust.server_name is None:
+            # a CA-issued server certificate must name the host we connect to
+            config = dataclasses.replace(config, trust=dataclasses.replace(trust, server_name=host))
         loop = asyncio.get_running_loop()
         transport, session = await loop.create_datagram_endpoint(
             lambda: ClientSession(config), remote_addr=(host, port), local_addr=self._local_addr)
@@ -141,7 +146,9 @@ def connect(host: str, port: int, config: DTLSConfiguration, *,
             local_addr: tuple[str, int] | None = None) -> _Connector:
     """Open a DTLS client session; completes when the handshake has. Raises the handshake's error
     (an :class:`~iotdtls.errors.AlertError` or :class:`~iotdtls.errors.HandshakeTimeout`) on failure.
-    ``local_addr`` binds the client's own address and port (a device with a fixed source port)."""
+    ``local_addr`` binds the client's own address and port (a device with a fixed source port).
+    With CA certificates in ``config.trust`` and no ``server_name`` set there, the server certificate must name
+    ``host`` (a DNS name or IP address in its subjectAltName)."""
     if not isinstance(config, DTLSConfiguration):
         raise DTLSError("connect() needs a DTLSConfiguration")
     return _Connector(host, port, config, local_addr)
