@@ -1,7 +1,8 @@
 """Run every iotdtls benchmark and print a markdown summary table (for the docs).
 
 Run with ``python -m benchmarks.run_all`` (add ``--json FILE`` to also write all figures as JSON).
-Each benchmark prints its own detailed table first; the summary follows.
+Each benchmark prints its own detailed table first; the summary follows: the PSK table, then the public-key
+(ECDHE-ECDSA, raw public keys) tables.  ``--psk-only`` skips the public-key benchmarks.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import time
 from importlib.metadata import version
 from typing import Any
 
-from benchmarks import bench_handshake, bench_records, bench_wire
+from benchmarks import bench_handshake, bench_pk_handshake, bench_pk_wire, bench_records, bench_wire
 
-__all__ = ["main", "markdown"]
+__all__ = ["main", "markdown", "pk_markdown"]
 
 
 def _ok(met: bool) -> str:
@@ -61,17 +62,63 @@ def markdown(records: dict[str, float], handshake: dict[str, float], wire: dict[
     return "\n".join(rows) + f"\n\n_{env}; medians, one process, peers measured in the same run._"
 
 
+def pk_markdown(pk_handshake: dict[str, float], pk_wire: dict[str, Any]) -> str:
+    """The public-key summary: handshake rate against the P-256 floor, then the wire size against GnuTLS."""
+    us = 1e6
+    psk = pk_handshake["psk_handshake_s"]
+    rows = [
+        "| ECDHE-ECDSA handshake (RPK, cookie + EMS) | iotdtls | P-256 floor | iotdtls / floor | overhead "
+        "| overhead / PSK handshake |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, key in (("server-only auth", "server_only"), ("mutual auth", "mutual")):
+        hs, floor = pk_handshake[f"{key}_handshake_s"], pk_handshake[f"{key}_floor_s"]
+        overhead = pk_handshake[f"{key}_overhead_s"]
+        rows.append(f"| {label} | {1 / hs:.0f}/s ({hs * us:.0f} us) | {1 / floor:.0f}/s ({floor * us:.0f} us) "
+                    f"| {pk_handshake[f'{key}_ratio_vs_floor']:.2f}x | {overhead * us:.0f} us "
+                    f"| {overhead / psk:.2f}x ({psk * us:.0f} us) |")
+    rows += [
+        "",
+        "| RPK mutual-auth handshake, UDP payload | iotdtls <-> iotdtls | iotdtls -> gnutls-serv "
+        "| gnutls-cli -> iotdtls | gnutls-cli <-> gnutls-serv | iotdtls / GnuTLS | iotdtls RPK / PSK |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    psk_bytes = pk_wire["psk_bytes"]
+    for mtu in bench_pk_wire.MTUS:
+        cells = []
+        for pair, _ in bench_pk_wire.PAIRS:
+            if f"{pair}_{mtu}_bytes" in pk_wire:
+                cells.append(f"{pk_wire[f'{pair}_{mtu}_bytes']} B / {pk_wire[f'{pair}_{mtu}_datagrams']}")
+            else:
+                cells.append("n/a")
+        ratio = pk_wire.get(f"iotdtls_vs_gnutls_{mtu}_bytes")
+        cells.append(f"{ratio:.2f}x" if ratio is not None else "n/a")
+        cells.append(f"{pk_wire[f'iotdtls_{mtu}_bytes'] / psk_bytes:.2f}x ({psk_bytes} B)")
+        rows.append(f"| mtu {mtu} | " + " | ".join(cells) + " |")
+    ticket = pk_wire.get("gnutls_512_ticket_bytes")
+    note = (f"bytes / datagrams up to the server's Finished; GnuTLS's session ticket ({ticket} B at mtu 512) "
+            "excluded" if ticket else "bytes / datagrams up to the server's Finished")
+    return "\n".join(rows) + f"\n\n_{note}; the P-256 floor is the bare `cryptography` calls of the handshake._"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
+    parser.add_argument("--psk-only", action="store_true", help="skip the public-key (ECDHE-ECDSA) benchmarks")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     results: dict[str, Any] = {}
-    for name, bench in (("records", bench_records), ("handshake", bench_handshake), ("wire", bench_wire)):
+    benches: list[tuple[str, Any]] = [("records", bench_records), ("handshake", bench_handshake), ("wire", bench_wire)]
+    if not args.psk_only:
+        benches += [("pk_handshake", bench_pk_handshake), ("pk_wire", bench_pk_wire)]
+    for name, bench in benches:
         t0 = time.perf_counter()
         results[name] = bench.main()
         print(f"  ({name}: {time.perf_counter() - t0:.1f} s)\n")
     print(markdown(results["records"], results["handshake"], results["wire"]))
+    if not args.psk_only:
+        print()
+        print(pk_markdown(results["pk_handshake"], results["pk_wire"]))
     print(f"\n(total {time.perf_counter() - started:.1f} s)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

@@ -96,7 +96,9 @@ class _Whole:
 class Reassembler:
     """Collects fragments for ``next_seq`` and a few messages ahead of it; nothing else is stored."""
 
-    def __init__(self, max_message_len: int, max_ahead: int = 4) -> None:
+    #: The longest flight is a server's ECDHE flight with client authentication: five messages, which a peer may
+    #: send in a single record; one more slot tolerates a stray retransmitted fragment.
+    def __init__(self, max_message_len: int, max_ahead: int = 6) -> None:
         self.next_seq = 0
         self._max_len = max_message_len
         self._max_ahead = max_ahead
