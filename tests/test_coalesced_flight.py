@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from helpers import PkPair
 
+
 def _coalesced_pair() -> PkPair:
     return PkPair({"coalesce_records": True}, {"coalesce_records": True, "require_client_auth": True})
 
