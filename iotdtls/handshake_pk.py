@@ -6,6 +6,9 @@ Handlers are registered in :data:`iotdtls.handshake.HANDSHAKE_TABLE` next to the
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
@@ -76,6 +79,29 @@ def _encode_point(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
 
 
+def _ephemeral_key(random: Callable[[int], bytes]) -> ec.EllipticCurvePrivateKey:
+    """A fresh ECDHE key from the configured randomness (OpenSSL's own generator when that is os.urandom:
+    the same source, at half the cost of deriving the key from a scalar)."""
+    if random is os.urandom:
+        return ec.generate_private_key(ec.SECP256R1())
+    return derive_scalar_key(random(48))
+
+
+_SPKI_CACHE: dict[int, tuple[ec.EllipticCurvePrivateKey, bytes]] = {}
+
+
+def _own_spki(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """The DER SubjectPublicKeyInfo of our key, encoded once per key object (a handful of keys per process)."""
+    hit = _SPKI_CACHE.get(id(key))
+    if hit is not None and hit[0] is key:
+        return hit[1]
+    if len(_SPKI_CACHE) >= 64:
+        _SPKI_CACHE.clear()
+    spki = spki_der(key)
+    _SPKI_CACHE[id(key)] = (key, spki)
+    return spki
+
+
 def _peer_credential(msg: CertificateMessage) -> tuple[PeerCredential, ec.EllipticCurvePublicKey]:
     """The credential a Certificate message presents and its P-256 key, or the alert to refuse it with."""
     if msg.kind == CertificateType.RAW_PUBLIC_KEY:
@@ -113,7 +139,7 @@ class PublicKeyHandshake(HandshakeBase):
         cfg = self._config
         if kind == CertificateType.RAW_PUBLIC_KEY:
             assert cfg.private_key is not None
-            msg = CertificateMessage(kind, spki=spki_der(cfg.private_key))
+            msg = CertificateMessage(kind, spki=_own_spki(cfg.private_key))
         else:
             chain = cfg.certificate_chain or []
             msg = CertificateMessage(kind, chain=[c.public_bytes(serialization.Encoding.DER) for c in chain])
@@ -178,7 +204,7 @@ class PublicKeyHandshake(HandshakeBase):
             self._peer_key.verify(ske.signature, self._client_random + self._server_random + ske.params(), _VERIFY)
         except InvalidSignature:
             raise DecryptError("ServerKeyExchange signature does not verify") from None
-        self._ecdhe_key = derive_scalar_key(self._config.random(48))
+        self._ecdhe_key = _ephemeral_key(self._config.random)
         self._ecdhe_premaster(ske.point)
         self._identity = self._peer_identity()
         self._add_transcript(HandshakeType.SERVER_KEY_EXCHANGE, seq, body)
@@ -283,7 +309,7 @@ class PublicKeyHandshake(HandshakeBase):
         key = cfg.private_key
         assert key is not None
         flight = [self._own_certificate(self._server_cert_type)]
-        self._ecdhe_key = derive_scalar_key(cfg.random(48))
+        self._ecdhe_key = _ephemeral_key(cfg.random)
         ske = ECDHEServerKeyExchange(point=_encode_point(self._ecdhe_key), scheme=_SCHEME, signature=b"")
         ske.signature = key.sign(self._client_random + self._server_random + ske.params(), _ECDSA)
         w = Writer()
