@@ -40,8 +40,10 @@ def load_private_key(data: bytes) -> PrivateKey:
             key = serialization.load_pem_private_key(data, password=None)
         else:
             key = serialization.load_der_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"not a readable unencrypted private key ({exc})") from None
+    except TypeError:
+        raise KeyFileError("the private key is encrypted; give an unencrypted PEM/DER key") from None
+    except ValueError:
+        raise KeyFileError("not a PEM/DER private key (PKCS#8 or SEC1)") from None
     _require_p256(key, "the private key")
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return key
@@ -57,8 +59,8 @@ def load_public_key(data: bytes) -> PublicKey:
             key = serialization.load_pem_public_key(data)
         else:
             key = serialization.load_der_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"not a readable public key ({exc})") from None
+    except (ValueError, TypeError):
+        raise KeyFileError("not a PEM/DER public key (SubjectPublicKeyInfo) or PEM certificate") from None
     _require_p256(key, "the public key")
     assert isinstance(key, ec.EllipticCurvePublicKey)
     return key
@@ -71,8 +73,8 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
             certs = x509.load_pem_x509_certificates(data)
         else:
             certs = [x509.load_der_x509_certificate(data)]
-    except ValueError as exc:
-        raise KeyFileError(f"not a readable certificate ({exc})") from None
+    except ValueError:
+        raise KeyFileError("not a PEM certificate chain or DER certificate") from None
     if not certs:
         raise KeyFileError("no certificate found")
     return certs
@@ -116,7 +118,10 @@ def read_pin(path_or_fingerprint: str) -> bytes:
     """A ``--trust-key`` argument: a public-key file (PEM/DER SPKI or certificate) or a fingerprint."""
     path = Path(path_or_fingerprint)
     if path.is_file():
-        return fingerprint(spki_der(load_public_key(path.read_bytes())))
+        try:
+            return fingerprint(spki_der(load_public_key(path.read_bytes())))
+        except KeyFileError as exc:
+            raise KeyFileError(f"{path_or_fingerprint}: {exc}") from None
     try:
         return parse_fingerprint(path_or_fingerprint)
     except KeyFileError:

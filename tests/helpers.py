@@ -247,4 +247,4 @@ class PkPair(Pair):
         self.now = 0.0
         self.client = DTLSConnection(pk_client_config(**(client_kw or {})), peer="server")  # type: ignore[arg-type]
         self.server = DTLSServer(pk_server_config(**(server_kw or {})), **server_limits)  # type: ignore[arg-type]
-        self.wire = []
+        self.wire: list[tuple[str, bytes]] = []

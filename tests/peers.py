@@ -38,6 +38,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -53,6 +54,13 @@ DEFAULT_TIMEOUT = 5.0
 # GnuTLS priority string for DTLS 1.2 + PSK + AES-128-CCM-8 only (GUIDE section 3).
 GNUTLS_PSK_PRIORITY = "NORMAL:-VERS-ALL:+VERS-DTLS1.2:-CIPHER-ALL:+AES-128-CCM-8:-KX-ALL:+PSK"
 OPENSSL_PSK_CIPHER = "PSK-AES128-CCM8"
+# ECDHE-ECDSA + AES-128-CCM-8 with raw public keys (RFC 7250) in both directions, no PSK (GUIDE section 3).
+GNUTLS_RPK_PRIORITY = (
+    "NORMAL:-VERS-ALL:+VERS-DTLS1.2:-CIPHER-ALL:+AES-128-CCM-8:-KX-ALL:+ECDHE-ECDSA:+CTYPE-CLI-RAWPK:+CTYPE-SRV-RAWPK"
+)
+OPENSSL_ECDSA_CIPHER = "ECDHE-ECDSA-AES128-CCM8"
+
+PathLike = str | os.PathLike[str]
 
 REQUIRE_PEERS_ENV = "IOTDTLS_REQUIRE_PEERS"
 
@@ -464,18 +472,36 @@ def run_peer(
 @contextlib.contextmanager
 def openssl_server(
     port: int,
-    psk_hex: str,
+    psk_hex: str = "",
     cipher: str = OPENSSL_PSK_CIPHER,
     extra: Sequence[str] = (),
+    *,
+    cert: PathLike | None = None,
+    key: PathLike | None = None,
+    ca_file: PathLike | None = None,
 ) -> Iterator[PeerProcess]:
     """`openssl s_server -dtls1_2 -nocert -psk` on 127.0.0.1:port, ready when the port is bound.
 
     read_line(): data received from the client; write_line(): send to the connected client.
-    wait_handshake(): waits for "Ciphersuite:" on stderr. After a client leaves, it accepts the next.
+    wait_handshake(): waits for "Ciphersuite:" on stderr. After a client leaves, it accepts the next
+    (also after a failed handshake).
+
+    X.509: `cert`/`key` (PEM) replace -nocert (pass cipher=OPENSSL_ECDSA_CIPHER); `ca_file` adds
+    `-Verify 1 -CAfile`: a client certificate is required and must chain to it (stderr then shows
+    "Peer certificate: CN = ..." and "Verification: OK").
     """
+    creds: list[str] = []
+    if cert is None:
+        creds.append("-nocert")
+    else:
+        creds += ["-cert", os.fspath(cert), "-key", os.fspath(key if key is not None else cert)]
+    if psk_hex:
+        creds += ["-psk", psk_hex]
+    if ca_file is not None:
+        creds += ["-Verify", "1", "-CAfile", os.fspath(ca_file)]
     argv = [
-        "openssl", "s_server", "-dtls1_2", "-accept", f"{LOCALHOST}:{port}", "-nocert",
-        "-psk", psk_hex, "-cipher", cipher, "-brief", *extra,
+        "openssl", "s_server", "-dtls1_2", "-accept", f"{LOCALHOST}:{port}", *creds,
+        "-cipher", cipher, "-brief", *extra,
     ]  # fmt: skip
     with run_peer("openssl s_server", argv, listen_port=port, handshake_marker=("stderr", "Ciphersuite:")) as peer:
         yield peer
@@ -484,19 +510,33 @@ def openssl_server(
 @contextlib.contextmanager
 def openssl_client(
     port: int,
-    psk_hex: str,
+    psk_hex: str = "",
     identity: str = "dev1",
     cipher: str = OPENSSL_PSK_CIPHER,
     extra: Sequence[str] = (),
+    *,
+    cert: PathLike | None = None,
+    key: PathLike | None = None,
+    ca_file: PathLike | None = None,
 ) -> Iterator[PeerProcess]:
     """`openssl s_client -dtls1_2 -psk ... -quiet -brief` to 127.0.0.1:port.
 
     write_line(): send to the server; read_line(): data from the server.
     wait_handshake(): waits for "CONNECTION ESTABLISHED" on stderr.
+
+    X.509: `cert`/`key` present a client certificate; `ca_file` adds `-CAfile ... -verify_return_error`
+    (the server certificate must chain to it). Without `psk_hex` no PSK is configured.
     """
+    creds: list[str] = []
+    if psk_hex:
+        creds += ["-psk", psk_hex, "-psk_identity", identity]
+    if cert is not None:
+        creds += ["-cert", os.fspath(cert), "-key", os.fspath(key if key is not None else cert)]
+    if ca_file is not None:
+        creds += ["-CAfile", os.fspath(ca_file), "-verify_return_error"]
     argv = [
         "openssl", "s_client", "-dtls1_2", "-connect", f"{LOCALHOST}:{port}",
-        "-psk", psk_hex, "-psk_identity", identity, "-cipher", cipher, "-quiet", "-brief", *extra,
+        *creds, "-cipher", cipher, "-quiet", "-brief", *extra,
     ]  # fmt: skip
     with run_peer("openssl s_client", argv, handshake_marker=("stderr", "CONNECTION ESTABLISHED")) as peer:
         yield peer
@@ -511,11 +551,25 @@ def gnutls_server(
     psk_file_lines: Sequence[str] = (),
     priority: str = GNUTLS_PSK_PRIORITY,
     extra: Sequence[str] = (),
+    *,
+    rawpk_key: PathLike | None = None,
+    rawpk_pub: PathLike | None = None,
+    require_client_cert: bool = False,
+    mtu: int | None = None,
 ) -> Iterator[PeerProcess]:
     """`gnutls-serv --udp --echo --pskpasswd FILE` on port `port` (binds 0.0.0.0 and ::).
 
     psk_file_lines: "identity:hexkey" lines for the psk file (written to a temporary directory).
     It echoes each received record; stderr logs "*** Processing N bytes command: ...".
+
+    Raw public keys: `rawpk_key`/`rawpk_pub` (PEM private key / SPKI), with priority=GNUTLS_RPK_PRIORITY;
+    `require_client_cert` asks for and requires a client key (gnutls-serv cannot pin it: it only checks
+    that one was sent and signed). `mtu` sets --mtu.
+
+    Careful (GnuTLS 3.7.9): when a handshake fails *on its side* without an alert from the peer (e.g.
+    "No certificate was found." under --require-client-cert), gnutls-serv sends no alert, then spins at
+    100% CPU printing "Waiting for connection..." forever and serves nobody else. A fatal alert
+    *received* from the client does not trigger this. Use it for one such failure at most, and briefly.
     """
     with tempfile.TemporaryDirectory(prefix="iotdtls-gnutls-") as tmp:
         argv = ["gnutls-serv", "--udp", "-p", str(port), "--echo", "--priority", priority]
@@ -523,6 +577,12 @@ def gnutls_server(
             psk_file = Path(tmp) / "psk.txt"
             psk_file.write_text("".join(f"{line}\n" for line in psk_file_lines))
             argv += ["--pskpasswd", str(psk_file)]
+        if rawpk_key is not None:
+            argv += ["--rawpkkeyfile", os.fspath(rawpk_key), "--rawpkfile", os.fspath(rawpk_pub or rawpk_key)]
+        if require_client_cert:
+            argv.append("--require-client-cert")
+        if mtu is not None:
+            argv += ["--mtu", str(mtu)]
         argv += list(extra)
         with run_peer("gnutls-serv", argv, listen_port=port, cwd=tmp) as peer:
             yield peer
@@ -556,18 +616,30 @@ def gnutls_client(
     mtu: int | None = None,
     priority: str = GNUTLS_PSK_PRIORITY,
     extra: Sequence[str] = (),
+    *,
+    rawpk_key: PathLike | None = None,
+    rawpk_pub: PathLike | None = None,
+    insecure: bool = False,
 ) -> Iterator[PeerProcess]:
     """`gnutls-cli --udp -p PORT 127.0.0.1 --pskusername ID --pskkey HEX [--mtu N]`.
 
     write_line(): send; read_line(): data from the server (the handshake report is in
     stdout.info_lines). wait_handshake(): waits for "- Handshake was completed" on stdout.
     close_stdin() makes gnutls-cli close the connection and exit.
+
+    Raw public keys: identity="", priority=GNUTLS_RPK_PRIORITY, `rawpk_key`/`rawpk_pub` (PEM private key /
+    SPKI) as the client's own key, and insecure=True: gnutls-cli has no way to pin a server's raw key
+    (only --tofu), so it reports "PKI verification of server certificate failed" and goes on.
     """
     argv = ["gnutls-cli", "--udp", "-p", str(port), LOCALHOST, "--priority", priority]
     if identity:
         argv += ["--pskusername", identity]
     if psk_hex:
         argv += ["--pskkey", psk_hex]
+    if rawpk_key is not None:
+        argv += ["--rawpkkeyfile", os.fspath(rawpk_key), "--rawpkfile", os.fspath(rawpk_pub or rawpk_key)]
+    if insecure:
+        argv.append("--insecure")
     if mtu is not None:
         argv += ["--mtu", str(mtu)]
     argv += list(extra)
@@ -581,6 +653,32 @@ def gnutls_client(
         stdout_is_data=_GnutlsCliFilter(),
     ) as peer:
         yield peer
+
+
+# -- iotdtls-netem (our UDP impairment proxy, used here as a datagram-size recorder) --------------------
+
+
+@contextlib.contextmanager
+def netem_proxy(listen_port: int, target_port: int, *args: str) -> Iterator[PeerProcess]:
+    """`iotdtls-netem --listen 127.0.0.1:listen_port --target 127.0.0.1:target_port -v ARGS`.
+
+    With -v every datagram is logged on stderr as "<t>s c2s|s2c <client> <N> B  delivered|LOST|TOO BIG";
+    `datagram_sizes()` parses those lines. Counters are printed when it is stopped (SIGTERM).
+    """
+    argv = [sys.executable, "-m", "iotdtls.cli.netem", "--listen", f"{LOCALHOST}:{listen_port}",
+            "--target", f"{LOCALHOST}:{target_port}", "-v", *args]  # fmt: skip
+    with run_peer("iotdtls-netem", argv, listen_port=listen_port) as peer:
+        yield peer
+
+
+def datagram_sizes(netem: PeerProcess, direction: str) -> list[tuple[int, str]]:
+    """(size, fate) of every datagram `netem_proxy` logged in `direction` ("c2s" or "s2c")."""
+    out: list[tuple[int, str]] = []
+    for line in netem.stderr.text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == direction and fields[4] == "B":
+            out.append((int(fields[3]), " ".join(fields[5:])))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -884,13 +982,16 @@ def tinydtls_client(port: int, identity: bytes, key: bytes, *, log_level: int | 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "GNUTLS_PSK_PRIORITY",
+    "GNUTLS_RPK_PRIORITY",
     "LOCALHOST",
+    "OPENSSL_ECDSA_CIPHER",
     "OPENSSL_PSK_CIPHER",
     "LineReader",
     "PeerError",
     "PeerProcess",
     "TinyDTLSClient",
     "TinyDTLSServer",
+    "datagram_sizes",
     "free_udp_port",
     "gnutls_client",
     "gnutls_server",
@@ -899,6 +1000,7 @@ __all__ = [
     "have_openssl",
     "have_tinydtls",
     "have_tshark",
+    "netem_proxy",
     "openssl_client",
     "openssl_server",
     "require_gnutls",

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn, TextIO
+from collections.abc import Callable
+from typing import NoReturn, TextIO, TypeVar
 
 from ..config import DTLSConfiguration
+
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -76,19 +79,27 @@ def apply_public_key(config: DTLSConfiguration, args: argparse.Namespace) -> Non
         except OSError as exc:
             raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
 
+    def load(path: str, what: str, loader: Callable[[bytes], T]) -> T:
+        try:
+            return loader(read(path, what))
+        except KeyFileError as exc:
+            raise UsageError(f"{what} {path}: {exc}") from None
+
+    if args.key:
+        config.private_key = load(args.key, "key file", load_private_key)
+    if args.cert:
+        if not args.key:
+            raise UsageError("--cert needs --key with the certificate's private key")
+        config.certificate_chain = load(args.cert, "certificate file", load_certificates)
+        if config.certificate_chain[0].public_key() != config.private_key.public_key():  # type: ignore[union-attr]
+            raise UsageError(f"{args.cert}: the certificate does not match the key in {args.key}")
     try:
-        if args.key:
-            config.private_key = load_private_key(read(args.key, "key file"))
-        if args.cert:
-            if not args.key:
-                raise UsageError("--cert needs --key with the certificate's private key")
-            config.certificate_chain = load_certificates(read(args.cert, "certificate file"))
-            if config.certificate_chain[0].public_key() != config.private_key.public_key():  # type: ignore[union-attr]
-                raise UsageError(f"{args.cert}: the certificate does not match the key in {args.key}")
         pins = {read_pin(p) for p in args.trust_key}
-        cas = [c for path in args.ca for c in load_certificates(read(path, "CA file"))]
     except KeyFileError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(f"--trust-key {exc}") from None
+    cas = [c for path in args.ca for c in load(path, "CA file", load_certificates)]
+    if getattr(args, "require_client_auth", False) and not (pins or cas):
+        raise UsageError("--require-client-auth needs --trust-key or --ca to judge client keys")
     if pins or cas:
         config.trust = TrustStore.of(pins, cas)
         if config.is_client:
