@@ -331,3 +331,51 @@ def test_iotdtls_client_with_ca_refuses_openssl_server(creds: Creds, cert: str, 
                 server.write_line("ok")
                 client.expect_line("ok")
                 finish_client(client)
+
+
+# -- certificate-type fallback (RFC 7250 negotiation against peers that speak only one type) -----------------------
+
+def test_iotdtls_client_pinning_a_key_accepts_openssl_x509_server(creds: Creds) -> None:
+    # OpenSSL 3.0 has no RFC 7250: it ignores our server_certificate_type [raw key, X.509] and sends its
+    # certificate; a pinned leaf key authenticates it without any CA.
+    require_openssl()
+    port = free_udp_port()
+    with openssl_server(port, cipher=OPENSSL_ECDSA_CIPHER, cert=creds.crt("xserver"), key=creds.key("xserver")) \
+            as server, iotdtls_client(port, "--trust-key", creds.crt("xserver")) as client:
+        client.write_line("pinned x509 leaf")
+        server.wait_handshake(timeout=10)
+        server.write_line("ok")
+        client.expect_line("ok")
+        finish_client(client)
+        server.stop()
+        assert "pinned x509 leaf" in server.stdout.text(), server.transcript()
+
+
+def test_iotdtls_server_with_raw_key_only_refuses_x509_only_openssl_client(creds: Creds) -> None:
+    # s_client offers no server_certificate_type, so only X.509 will do, and this server has only a raw key
+    require_openssl()
+    port = free_udp_port()
+    with iotdtls_server(port, "--key", creds.key("server")) as server:
+        with openssl_client(port, cipher=OPENSSL_ECDSA_CIPHER) as client:
+            assert client.wait_exit(timeout=10) != 0, client.transcript()
+            client.wait_output("alert unsupported certificate")
+        server.wait_output("handshake failed: unsupported_certificate")
+
+
+# GNUTLS_RPK_PRIORITY adds raw keys to GnuTLS's default X.509; -CTYPE-ALL first leaves raw keys alone
+RPK_ONLY_PRIORITY = GNUTLS_RPK_PRIORITY.replace("+CTYPE-CLI-RAWPK", "-CTYPE-ALL:+CTYPE-CLI-RAWPK")
+
+
+def test_iotdtls_server_with_certificate_presents_raw_key_to_rpk_only_gnutls_client(creds: Creds) -> None:
+    # the server has an X.509 chain (its first choice), but this gnutls-cli accepts only a raw public key
+    require_gnutls()
+    port = free_udp_port()
+    with iotdtls_server(port, "--key", creds.key("xserver"), "--cert", creds.crt("xserver"),
+                        "--trust-key", creds.pub("client"), "--require-client-auth") as server, \
+            gnutls_client(port, identity="", priority=RPK_ONLY_PRIORITY, rawpk_key=creds.key("client"),
+                          rawpk_pub=creds.pub("client"), insecure=True) as client:
+        client.wait_handshake(timeout=10)
+        assert "- Certificate type: Raw Public Key" in client.stdout.info_lines, client.transcript()
+        client.write_line("raw key from a certificate holder")
+        client.expect_line("raw key from a certificate holder")
+        server.wait_output(f"identity='{creds.ni('client')}', {SUITE_CCM8}")
