@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
@@ -108,14 +109,12 @@ def _peer_credential(msg: CertificateMessage) -> tuple[PeerCredential, ec.Ellipt
         spki = msg.spki
         try:
             key = serialization.load_der_public_key(spki)
-        except (ValueError, TypeError):
+        except Exception:  # ValueError, UnsupportedAlgorithm (unknown curve OIDs), ...: all the peer's fault
             raise BadCertificate("raw public key does not parse") from None
     else:
-        from cryptography import x509
-
         try:
             key = x509.load_der_x509_certificate(msg.chain[0]).public_key()
-        except ValueError:
+        except Exception:  # ValueError, InvalidVersion, UnsupportedAlgorithm, ...
             raise BadCertificate("certificate does not parse") from None
         spki = spki_der(key) if isinstance(key, ec.EllipticCurvePublicKey) else b""
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):

@@ -46,7 +46,10 @@ class PeerCredential:
         """The leaf certificate's subject (RFC 4514), or None for a raw public key."""
         if not self.certificates:
             return None
-        return x509.load_der_x509_certificate(self.certificates[0]).subject.rfc4514_string()
+        try:
+            return x509.load_der_x509_certificate(self.certificates[0]).subject.rfc4514_string()
+        except Exception:  # a subject that does not decode (only reachable for pinned or callback-trusted certs)
+            return None
 
     @property
     def identity(self) -> str:
@@ -106,22 +109,24 @@ class TrustStore:
         raise BadCertificate("raw public key is not trusted")
 
     def _verify_chain(self, cred: PeerCredential, wall_time: float) -> None:
+        when = datetime.datetime.fromtimestamp(wall_time, datetime.UTC)
         try:
             certs = [x509.load_der_x509_certificate(c) for c in cred.certificates]
-        except ValueError:
+            periods = [(c.not_valid_before_utc, c.not_valid_after_utc) for c in certs]
+        except Exception:  # ValueError, InvalidVersion, ...: malformed DER from the peer
             raise BadCertificate("certificate does not parse") from None
-        when = datetime.datetime.fromtimestamp(wall_time, datetime.UTC)
-        for cert in certs:
-            if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
-                raise AlertError(f"{cert.subject.rfc4514_string()} is not valid now (valid "
-                                 f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})",
-                                 description=AlertDescription.certificate_expired)
+        for position, (start, end) in enumerate(periods):
+            if not start <= when <= end:
+                raise AlertError(f"certificate {position} of the chain is valid {start:%Y-%m-%d} to {end:%Y-%m-%d} "
+                                 "only", description=AlertDescription.certificate_expired)
         builder = PolicyBuilder().store(Store(self.ca_certificates)).time(when).extension_policies(
             ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ExtensionPolicy.permit_all())
         try:
             builder.build_client_verifier().verify(certs[0], certs[1:])
         except VerificationError as exc:
             raise UnknownCA(f"chain does not verify: {exc}") from None
+        except Exception:  # the verifier's own parse errors on malformed extensions or names
+            raise BadCertificate("certificate chain is malformed") from None
         if self.server_name is not None and not _names(certs[0], self.server_name):
             raise BadCertificate(f"certificate is not valid for {self.server_name}")
 
@@ -129,7 +134,7 @@ class TrustStore:
 def _names(cert: x509.Certificate, name: str) -> bool:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
+    except Exception:  # absent, duplicated or malformed: the name cannot be confirmed
         return False
     try:
         ip = ipaddress.ip_address(name)
