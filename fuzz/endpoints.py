@@ -1,7 +1,12 @@
 """Deterministic endpoints for the fuzz targets and the seed generator, built with tests/helpers.Pair.
 
 Everything is seeded, so the pair built for an input is the same every time: a datagram recorded from one run
-(a seed) authenticates in every later run, and a crashing input replays exactly.
+(a seed) authenticates in every later run, and a crashing input replays exactly. That holds for the
+ECDHE-ECDSA pairs too: their keys are derived from labels (tests/helpers.p256_key, fuzz/fixed_pki.py for
+X.509), ECDSA signatures are deterministic (RFC 6979) and the ephemeral keys come from the seeded randomness.
+
+Kinds of pair: ``psk`` (tests/helpers.Pair), ``rpk`` (PkPair: raw public keys, the server asks for the
+client's key), ``x509`` (certificates of fuzz/fixed_pki.py, both sides).
 """
 
 from __future__ import annotations
@@ -9,12 +14,34 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from _harness import FuzzBug
-from helpers import CLIENT_ADDR, Pair, drain, drain_server, established_pair, half_steps, raw_records, split_messages
+from fixed_pki import x509_kw
+from helpers import (
+    CLIENT_ADDR,
+    IDENTITY,
+    KEY,
+    Pair,
+    PkPair,
+    client_config,
+    drain,
+    drain_server,
+    half_steps,
+    pk_client_config,
+    raw_records,
+    split_messages,
+)
 
-from iotdtls import ConnectionReplaced, ConnectionTerminated, DTLSConnection, DTLSServer, HandshakeTimeout
+from iotdtls import (
+    ConnectionReplaced,
+    ConnectionTerminated,
+    DTLSConfiguration,
+    DTLSConnection,
+    DTLSServer,
+    HandshakeTimeout,
+)
 from iotdtls.connection import IdleTimeout
 from iotdtls.errors import AlertError, InternalError
 from iotdtls.events import Event
+from iotdtls.handshake import State
 from iotdtls.record import SEQ_MASK, split_records
 
 #: Upper bounds every connection must respect, whatever it was fed.
@@ -82,14 +109,53 @@ def probe_seq(conn: DTLSConnection, written: int) -> int | None:
     return seq if seq < SEQ_MASK - 1 else None
 
 
+# -- pairs of every kind -------------------------------------------------------------------------------------
+
+#: Configuration keywords the client of a pair shares with its server.
+SHARED = ("coalesce_records", "mtu")
+
+
+def make_pair(kind: str, client_kw: dict[str, object] | None = None, server_kw: dict[str, object] | None = None,
+              **limits: int) -> Pair:
+    """A pair of the kind ``psk``, ``rpk`` or ``x509``; the keywords go to the configurations."""
+    ckw, skw = dict(client_kw or {}), dict(server_kw or {})
+    if kind == "psk":
+        return Pair(ckw, skw, **limits)
+    if kind == "rpk":
+        return PkPair(ckw, skw, **limits)
+    return Pair(x509_kw("client", **ckw), x509_kw("server", **skw), **limits)
+
+
+def client_config_of(kind: str, seed: int, **kw: object) -> DTLSConfiguration:
+    """A client configuration of the kind (as in ``make_pair``) with its own seeded randomness."""
+    if kind == "psk":
+        return client_config(seed, **kw)
+    if kind == "rpk":
+        return pk_client_config(seed, **kw)  # type: ignore[arg-type]
+    return client_config(seed, **x509_kw("client", **kw))
+
+
+def established(pair: Pair) -> Pair:
+    """``pair`` after a complete handshake, events and output drained."""
+    pair.handshake()
+    if not (pair.client.is_established and pair.server_conn.is_established):
+        raise RuntimeError("the reference handshake failed")
+    drain(pair.client)
+    drain_server(pair.server)
+    return pair
+
+
 # -- server: an established session plus fresh addresses ---------------------------------------------------
 
-#: Server variants (configuration, DTLSServer limits), picked by an input's first byte.
-SERVER_VARIANTS: list[tuple[dict[str, object], dict[str, int]]] = [
-    ({}, {}),  # cookies on (the default): fresh addresses only get HelloVerifyRequests
-    ({"cookies": False, "idle_timeout": 60.0}, {}),  # a fresh address can run a whole handshake
-    ({"cookies": False, "psk_identity_hint": b"hint", "coalesce_records": True, "mtu": 64}, {}),
-    ({"cookies": False}, {"max_handshakes": 1, "max_sessions": 3}),  # the limits of the front
+#: Server variants (kind of pair, server configuration, DTLSServer limits), picked by an input's first byte.
+SERVER_VARIANTS: list[tuple[str, dict[str, object], dict[str, int]]] = [
+    ("psk", {}, {}),  # cookies on (the default): fresh addresses only get HelloVerifyRequests
+    ("psk", {"cookies": False, "idle_timeout": 60.0}, {}),  # a fresh address can run a whole handshake
+    ("psk", {"cookies": False, "psk_identity_hint": b"hint", "coalesce_records": True, "mtu": 64}, {}),
+    ("psk", {"cookies": False}, {"max_handshakes": 1, "max_sessions": 3}),  # the limits of the front
+    ("rpk", {}, {}),  # raw public keys, the client's key requested; cookies on
+    ("rpk", {"cookies": False, "psk_store": {IDENTITY: KEY}}, {}),  # PSK and raw-key clients at once
+    ("x509", {"cookies": False, "require_client_auth": True, "mtu": 256}, {}),  # certificates, fragmented
 ]
 #: Fresh source addresses an input can use besides the established client's.
 FRESH_ADDRS = [(f"198.51.100.{i}", 4000 + i) for i in range(1, 8)]
@@ -97,9 +163,9 @@ FRESH_ADDRS = [(f"198.51.100.{i}", 4000 + i) for i in range(1, 8)]
 
 def server_pair(variant: int) -> Pair:
     """A server with one established session at CLIENT_ADDR (events and output drained)."""
-    kw, limits = SERVER_VARIANTS[variant % len(SERVER_VARIANTS)]
-    client_kw = {k: v for k, v in kw.items() if k in ("coalesce_records", "mtu")}
-    return established_pair(client_kw, dict(kw), **limits)
+    kind, kw, limits = SERVER_VARIANTS[variant % len(SERVER_VARIANTS)]
+    client_kw = {k: v for k, v in kw.items() if k in SHARED}
+    return established(make_pair(kind, client_kw, kw, **limits))
 
 
 def addr_of(tag: int) -> object:
@@ -154,19 +220,67 @@ def _wait_finished(ccs: bool) -> Pair:
     return pair
 
 
-#: (name, builder, the server is configured with an identity hint). Every builder is deterministic: the
-#: datagrams of a complete reference exchange with the same configuration (``reference_wire``) are valid
-#: continuations for it.
-CLIENT_STATES: list[tuple[str, Callable[[], Pair], bool]] = [
-    ("start", _client_start, False),
-    ("wait_hello", _wait_hello, False),
-    ("wait_hello_after_hvr", _wait_hello_after_hvr, False),
-    ("wait_ske_or_done", lambda: _server_flight(None, 1), False),
-    ("wait_done", lambda: _server_flight(b"hint", 2), True),
-    ("wait_finished", lambda: _wait_finished(False), False),
-    ("wait_finished_ccs", lambda: _wait_finished(True), False),
-    ("established", established_pair, False),
-    ("established_hint", lambda: established_pair(server_kw={"psk_identity_hint": b"hint"}), True),
+def _pk_server_flight(wire: str, until: State) -> Pair:
+    """A public-key client fed the fragments of the server's flight (ServerHello, Certificate,
+    ServerKeyExchange, CertificateRequest, ServerHelloDone), one per datagram, until it reaches ``until``."""
+    pair = wire_pair(wire)
+    pair.client.connect(pair.now)
+    half_steps(pair, 3)
+    for p in split_messages(b"".join(pair.s2c()), 10):
+        if pair.client.state is until:
+            break
+        pair.client.receive_datagram(p, pair.now)
+    if pair.client.state is not until:
+        raise RuntimeError(f"{wire}: the server flight does not lead to {until.name}")
+    return pair
+
+
+def _pk_wait_finished(wire: str) -> Pair:
+    pair = wire_pair(wire)
+    pair.client.connect(pair.now)
+    half_steps(pair, 4)
+    return pair
+
+
+#: Configurations of the reference exchanges (``reference_wire``): kind of pair, client and server keywords.
+WIRES: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
+    "psk": ("psk", {}, {}),
+    "hint": ("psk", {}, {"psk_identity_hint": b"hint"}),
+    "rpk": ("rpk", {}, {}),
+    "rpk-anonymous": ("rpk", {"key": None}, {}),
+    "x509": ("x509", {}, {"require_client_auth": True}),
+}
+
+
+def wire_pair(wire: str) -> Pair:
+    kind, client_kw, server_kw = WIRES[wire]
+    return make_pair(kind, client_kw, server_kw)
+
+
+#: (name, builder, the reference exchange it belongs to). Every builder is deterministic: the datagrams of a
+#: complete reference exchange with the same configuration (``reference_wire``) are valid continuations for it.
+#: New states go at the end: an input's first byte picks the state modulo the length of this list.
+CLIENT_STATES: list[tuple[str, Callable[[], Pair], str]] = [
+    ("start", _client_start, "psk"),
+    ("wait_hello", _wait_hello, "psk"),
+    ("wait_hello_after_hvr", _wait_hello_after_hvr, "psk"),
+    ("wait_ske_or_done", lambda: _server_flight(None, 1), "psk"),
+    ("wait_done", lambda: _server_flight(b"hint", 2), "hint"),
+    ("wait_finished", lambda: _wait_finished(False), "psk"),
+    ("wait_finished_ccs", lambda: _wait_finished(True), "psk"),
+    ("established", lambda: established(wire_pair("psk")), "psk"),
+    ("established_hint", lambda: established(wire_pair("hint")), "hint"),
+    ("rpk_wait_certificate", lambda: _pk_server_flight("rpk", State.CLIENT_WAIT_CERTIFICATE), "rpk"),
+    ("rpk_wait_ecdhe_ske", lambda: _pk_server_flight("rpk", State.CLIENT_WAIT_ECDHE_SKE), "rpk"),
+    ("rpk_wait_cr_or_done", lambda: _pk_server_flight("rpk", State.CLIENT_WAIT_CR_OR_DONE), "rpk"),
+    ("rpk_wait_done", lambda: _pk_server_flight("rpk", State.CLIENT_WAIT_DONE), "rpk"),
+    ("rpk_wait_finished", lambda: _pk_wait_finished("rpk"), "rpk"),
+    ("rpk_established", lambda: established(wire_pair("rpk")), "rpk"),
+    ("rpk_anonymous_wait_done", lambda: _pk_server_flight("rpk-anonymous", State.CLIENT_WAIT_DONE),
+     "rpk-anonymous"),
+    ("x509_wait_certificate", lambda: _pk_server_flight("x509", State.CLIENT_WAIT_CERTIFICATE), "x509"),
+    ("x509_wait_done", lambda: _pk_server_flight("x509", State.CLIENT_WAIT_DONE), "x509"),
+    ("x509_established", lambda: established(wire_pair("x509")), "x509"),
 ]
 
 
@@ -180,13 +294,23 @@ def client_pair(index: int) -> Pair:
     return pair
 
 
-def reference_wire(hint: bool = False, **kw: object) -> list[tuple[str, bytes]]:
+def reference_wire(hint: bool = False, kind: str = "psk", **kw: object) -> list[tuple[str, bytes]]:
     """Every datagram of a complete exchange: handshake, data both ways, close_notify and its answer."""
-    client_kw = {k: v for k, v in kw.items() if k in ("coalesce_records", "mtu")}
+    client_kw = {k: v for k, v in kw.items() if k in SHARED}
     server_kw: dict[str, object] = dict(kw)
     if hint:
         server_kw["psk_identity_hint"] = b"hint"
-    pair = Pair(client_kw, server_kw)
+    return exchange(make_pair(kind, client_kw, server_kw))
+
+
+def wire_of(name: str) -> list[tuple[str, bytes]]:
+    """The reference exchange of ``WIRES[name]``."""
+    return exchange(wire_pair(name))
+
+
+def exchange(pair: Pair) -> list[tuple[str, bytes]]:
+    """Every datagram of a complete exchange of a new pair: handshake, data both ways, close_notify and its
+    answer."""
     pair.handshake()
     pair.client.send(b"up")
     pair.pump()

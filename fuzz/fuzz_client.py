@@ -1,6 +1,8 @@
 """Fuzz target (d): a client connection in each handshake state (before connect, waiting for the
 HelloVerifyRequest / ServerHello, ServerKeyExchange or ServerHelloDone, ServerHelloDone, ChangeCipherSpec,
-Finished, and established), fed arbitrary datagrams.
+Finished, and established; for ECDHE-ECDSA with raw public keys or X.509: waiting for the Certificate, the
+ServerKeyExchange, a CertificateRequest or ServerHelloDone, ServerHelloDone after a CertificateRequest (with and
+without a key of its own), Finished, and established), fed arbitrary datagrams.
 
 Input: one state byte (``states.CLIENT_STATES``), then frames ``[tag][len:2][datagram]``; with bit 7 of the
 tag set, time advances and the client's timer fires first; with bit 6 set on a client that has not started,

@@ -1,5 +1,8 @@
-"""Fuzz target (b): the handshake message parsers (``messages.pull_*``), ``reassembly.parse_fragments``, the
-``Reassembler`` and ``pack_flight`` -> parse -> reassemble round trips.
+"""Fuzz target (b): the handshake message parsers (``messages.pull_*`` and, for ECDHE-ECDSA,
+``pkmessages.pull_*``), ``reassembly.parse_fragments``, the ``Reassembler`` and ``pack_flight`` -> parse ->
+reassemble round trips. A parsed Certificate goes on to what the handshake does with it: the DER key or
+certificate is decoded (``handshake_pk._peer_credential``) and judged by a trust store with pins and a CA
+(``TrustStore.verify``); a parsed ECDH share is decoded as a P-256 point.
 
 Input: one selector byte, then the bytes for the selected parser.
 Bugs: any exception other than the protocol errors the parsers are documented to raise (``AlertError``:
@@ -10,16 +13,21 @@ fragments that do not re-encode, reassembled messages that differ from what was 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import TypeVar
 
 from _harness import FuzzBug, instrumented, main
 
 with instrumented(__name__ == "__main__"):
+    from fixed_pki import WALL_TIME, certificates
+    from helpers import p256_key, pin_of
+
     from iotdtls.buffer import Buffer, Writer
-    from iotdtls.constants import ContentType
+    from iotdtls.constants import CertificateType, ContentType
     from iotdtls.cookie import hello_without_cookie
     from iotdtls.errors import AlertError, IllegalParameter
+    from iotdtls.handshake_pk import _decode_point, _peer_credential
     from iotdtls.messages import (
         check_renegotiation_info,
         pull_client_hello,
@@ -34,8 +42,26 @@ with instrumented(__name__ == "__main__"):
         push_hello_verify_request,
         push_server_hello,
     )
+    from iotdtls.pkmessages import (
+        pull_certificate,
+        pull_certificate_request,
+        pull_certificate_type,
+        pull_certificate_verify,
+        pull_ecdhe_client_key_exchange,
+        pull_ecdhe_server_key_exchange,
+        pull_uint8_list,
+        pull_uint16_list,
+        push_certificate,
+        push_certificate_request,
+        push_certificate_verify,
+        push_ecdhe_client_key_exchange,
+        push_ecdhe_server_key_exchange,
+        push_uint8_list,
+        push_uint16_list,
+    )
     from iotdtls.reassembly import CCS, OutMessage, Reassembler, message_header, pack_flight, parse_fragments
     from iotdtls.record import encode_plain, split_records
+    from iotdtls.trust import TrustStore
 
 T = TypeVar("T")
 
@@ -187,7 +213,71 @@ def _receive_flight(datagrams: list[bytes], messages: list[OutMessage], mtu: int
         raise FuzzBug("pack_flight -> parse -> reassemble does not give back the flight")
 
 
-PARSERS = [_client_hello, _server_hello, _hello_verify, _extensions, _simple, _fragments, _reassembler, _flight]
+# -- ECDHE-ECDSA (pkmessages) -----------------------------------------------------------------------------
+
+
+def _reencodes(what: str, body: bytes, push: Callable[[Writer], None]) -> None:
+    w = Writer()
+    push(w)
+    if w.data() != body:
+        raise FuzzBug(f"{what} does not re-encode to its bytes")
+
+
+def _certificate(body: bytes) -> None:
+    """Both encodings (raw public key, X.509 list), then the key decoding and trust decision of the handshake:
+    every refusal must be an alert (bad_certificate, unsupported_certificate, unknown_ca, ...)."""
+    for kind in (CertificateType.RAW_PUBLIC_KEY, CertificateType.X509):
+        with contextlib.suppress(AlertError):
+            _judge(body, kind)
+
+
+def _judge(body: bytes, kind: CertificateType) -> None:
+    msg = pull_certificate(Buffer(body), kind)
+    _reencodes("Certificate", body, lambda w: push_certificate(w, msg))
+    if kind == CertificateType.X509 and not msg.chain:
+        return  # an empty list: the handshake refuses it (or goes on anonymously) before decoding anything
+    cred, _ = _peer_credential(msg)
+    _trust().verify(cred, WALL_TIME).identity.encode()
+
+
+@functools.cache
+def _trust() -> TrustStore:
+    """The pinned raw public key of tests/helpers' server and the CA of fuzz/fixed_pki."""
+    return TrustStore.of([pin_of(p256_key("server"))], [certificates()["ca"]])
+
+
+def _server_key_exchange(body: bytes) -> None:
+    ske = pull_ecdhe_server_key_exchange(Buffer(body))
+    _reencodes("ServerKeyExchange", body, lambda w: push_ecdhe_server_key_exchange(w, ske))
+    _decode_point(ske.point)
+
+
+def _certificate_request(body: bytes) -> None:
+    cr = pull_certificate_request(Buffer(body))
+    _reencodes("CertificateRequest", body, lambda w: push_certificate_request(w, cr))
+
+
+def _pk_small(body: bytes) -> None:
+    """ClientKeyExchange (and its point), CertificateVerify and the extension bodies of the public-key suites."""
+    with contextlib.suppress(AlertError):
+        point = pull_ecdhe_client_key_exchange(Buffer(body))
+        _reencodes("ClientKeyExchange", body, lambda w: push_ecdhe_client_key_exchange(w, point))
+        _decode_point(point)
+    with contextlib.suppress(AlertError):
+        cv = pull_certificate_verify(Buffer(body))
+        _reencodes("CertificateVerify", body, lambda w: push_certificate_verify(w, cv))
+    with contextlib.suppress(AlertError):
+        if push_uint16_list(pull_uint16_list(body)) != body:
+            raise FuzzBug("uint16 list does not re-encode to its bytes")
+    with contextlib.suppress(AlertError):
+        if push_uint8_list(pull_uint8_list(body)) != body:
+            raise FuzzBug("uint8 list does not re-encode to its bytes")
+    with contextlib.suppress(AlertError):
+        pull_certificate_type(body)
+
+
+PARSERS = [_client_hello, _server_hello, _hello_verify, _extensions, _simple, _fragments, _reassembler, _flight,
+           _certificate, _server_key_exchange, _certificate_request, _pk_small]
 
 
 def test_one_input(data: bytes) -> None:

@@ -1,7 +1,9 @@
 """Fuzz target (c): the server's per-datagram entry point, ``DTLSServer.receive_datagram``, with one
 established session (at the client address of tests/helpers) and fresh source addresses.
 
-Input: one variant byte (cookies on / off / small MTU with hint), then frames ``[tag][len:2][datagram]``. The
+Input: one variant byte (``endpoints.SERVER_VARIANTS``: PSK with cookies on / off / small MTU with hint / tight
+limits; raw public keys with the client's key requested; PSK and raw-key clients on one server; X.509 with
+required client certificates at a 256-byte MTU), then frames ``[tag][len:2][datagram]``. The
 tag picks the source address (established client or one of 7 fresh ones, ``endpoints.addr_of``); with bit 7
 set, time advances and the server's timers fire before the datagram; with bit 6 set, the epoch-1 records of
 the datagram are protected with the keys of the address's connection (a peer that holds the PSK,

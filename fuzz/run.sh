@@ -20,9 +20,9 @@ export PYTHONDONTWRITEBYTECODE=1
 
 declare -A MODULES=(
     [fuzz_record]="iotdtls/record.py"
-    [fuzz_handshake_messages]="iotdtls/messages.py,iotdtls/reassembly.py,iotdtls/buffer.py"
-    [fuzz_server]="iotdtls/server.py,iotdtls/connection.py,iotdtls/handshake.py,iotdtls/transport.py,iotdtls/cookie.py"
-    [fuzz_client]="iotdtls/connection.py,iotdtls/handshake.py,iotdtls/transport.py,iotdtls/reassembly.py"
+    [fuzz_handshake_messages]="iotdtls/messages.py,iotdtls/pkmessages.py,iotdtls/reassembly.py,iotdtls/buffer.py"
+    [fuzz_server]="iotdtls/server.py,iotdtls/connection.py,iotdtls/handshake.py,iotdtls/handshake_pk.py,iotdtls/transport.py,iotdtls/cookie.py"
+    [fuzz_client]="iotdtls/connection.py,iotdtls/handshake.py,iotdtls/handshake_pk.py,iotdtls/transport.py,iotdtls/reassembly.py"
 )
 
 if [ -z "${IOTDTLS_NO_ATHERIS:-}" ] && "$PY" -c 'import atheris' 2>/dev/null; then

@@ -2,8 +2,10 @@
 
 Every datagram comes from a complete, seeded exchange between a client and a server of tests/helpers, so the
 seeds are real protocol traffic and, because the targets rebuild the same seeded endpoints, the protected
-records in them authenticate when a target replays them. Run ``python fuzz/seeds.py`` after changing the
-handshake (the old seeds still work as fuzz inputs, they just reach less far).
+records in them authenticate when a target replays them. The ECDHE-ECDSA exchanges (raw public keys with and
+without a client key, X.509 from fuzz/fixed_pki.py) are as deterministic: derived keys, RFC 6979 signatures,
+seeded ephemeral keys. Run ``python fuzz/seeds.py`` after changing the handshake (the old seeds still work as
+fuzz inputs, they just reach less far).
 """
 
 from __future__ import annotations
@@ -11,8 +13,17 @@ from __future__ import annotations
 import shutil
 
 from _harness import FUZZ_DIR, encode_frames
-from endpoints import CLIENT_STATES, SERVER_VARIANTS, addr_of, reference_wire, server_pair
-from helpers import Pair, client_config
+from endpoints import (
+    CLIENT_STATES,
+    SERVER_VARIANTS,
+    SHARED,
+    addr_of,
+    client_config_of,
+    reference_wire,
+    server_pair,
+    wire_of,
+)
+from helpers import Pair
 
 from iotdtls import DTLSConnection
 from iotdtls.buffer import Buffer, Writer
@@ -28,10 +39,18 @@ WIRES: dict[str, dict[str, object]] = {
     "hint": {"hint": True},
     "small-mtu": {"coalesce_records": True, "mtu": 64},
     "ccm-no-ems": {},
+    "rpk": {},
+    "rpk-anonymous": {},
+    "x509": {},
 }
 
 
+PK_WIRES = ("rpk", "rpk-anonymous", "x509")
+
+
 def _wire(name: str) -> list[tuple[str, bytes]]:
+    if name in PK_WIRES:
+        return wire_of(name)
     kw = dict(WIRES[name])
     hint = bool(kw.pop("hint", False))
     if name == "ccm-no-ems":
@@ -40,35 +59,56 @@ def _wire(name: str) -> list[tuple[str, bytes]]:
         pair.client.send(b"up")
         pair.pump()
         return list(pair.wire)
-    return reference_wire(hint, **kw)
+    return reference_wire(hint, "psk", **kw)
 
 
 def record_seeds() -> list[bytes]:
     seeds = []
-    for name in WIRES:
+    names = [name for name in WIRES if name not in PK_WIRES]
+    for name in names:
         wire = [d for _, d in _wire(name)]
         seeds += [b"\x00" + d for d in wire]
         seeds.append(b"\x00" + b"".join(wire[:4]))
     for mode in (1, 3, 5, 7, 9, 17):
         seeds.append(bytes([mode]) + (1 << 48 | 5).to_bytes(8, "big") + b"application payload")
+    for name in PK_WIRES:
+        seeds += [b"\x00" + d for _, d in _wire(name)]
     return seeds
+
+
+#: fuzz_handshake_messages parser index per message type (PSK first, then ECDHE-ECDSA).
+SELECTOR: dict[int, tuple[int, ...]] = {
+    HandshakeType.CLIENT_HELLO: (0,), HandshakeType.SERVER_HELLO: (1,), HandshakeType.HELLO_VERIFY_REQUEST: (2,),
+    HandshakeType.SERVER_KEY_EXCHANGE: (4, 9), HandshakeType.CLIENT_KEY_EXCHANGE: (4, 11),
+    HandshakeType.SERVER_HELLO_DONE: (4,), HandshakeType.CERTIFICATE: (8,), HandshakeType.CERTIFICATE_REQUEST: (10,),
+    HandshakeType.CERTIFICATE_VERIFY: (11,),
+}
+
+
+def _whole_messages(wire: list[tuple[str, bytes]]) -> list[tuple[int, bytes]]:
+    """(type, body) of every epoch-0 handshake message of an exchange, fragments joined."""
+    parts: dict[tuple[str, int, int], bytearray] = {}
+    for direction, d in wire:
+        for r in split_records(d):
+            if r.epoch == 0 and r.content_type == ContentType.HANDSHAKE:
+                for f in parse_fragments(r.fragment):
+                    body = parts.setdefault((direction, f.message_seq, f.msg_type), bytearray(f.length))
+                    body[f.offset : f.offset + len(f.body)] = f.body
+    return [(msg_type, bytes(body)) for (_, _, msg_type), body in parts.items()]
 
 
 def message_seeds() -> list[bytes]:
     seeds = []
-    wire = [d for name in WIRES for _, d in _wire(name)]
+    psk_wires = [name for name in WIRES if name not in PK_WIRES]
+    wire = [d for name in psk_wires for _, d in _wire(name)]
     payloads = [r.fragment for d in wire for r in split_records(d)
                 if r.epoch == 0 and r.content_type == ContentType.HANDSHAKE]
-    selector: dict[int, int] = {
-        HandshakeType.CLIENT_HELLO: 0, HandshakeType.SERVER_HELLO: 1, HandshakeType.HELLO_VERIFY_REQUEST: 2,
-        HandshakeType.SERVER_KEY_EXCHANGE: 4, HandshakeType.CLIENT_KEY_EXCHANGE: 4, HandshakeType.SERVER_HELLO_DONE: 4,
-    }
     bodies = []
     for payload in payloads:
         seeds.append(b"\x05" + payload)
         for f in parse_fragments(payload):
-            if f.offset == 0 and len(f.body) == f.length and f.msg_type in selector:
-                seeds.append(bytes([selector[f.msg_type]]) + f.body)
+            if f.offset == 0 and len(f.body) == f.length and f.msg_type in SELECTOR:
+                seeds.append(bytes([SELECTOR[f.msg_type][0]]) + f.body)
                 bodies.append(bytes([f.msg_type]) + f.body)
             if f.msg_type == HandshakeType.CLIENT_HELLO and f.offset == 0 and len(f.body) == f.length:
                 w = Writer()
@@ -80,21 +120,34 @@ def message_seeds() -> list[bytes]:
     for mtu_byte in (0, 20, 100, 255):
         for coalesce in (0, 1):
             seeds.append(b"\x07" + bytes([mtu_byte, coalesce]) + b"\xff\xfe".join([b"\x14", *bodies[:4]]))
+    # ECDHE-ECDSA: the records of the public-key exchanges, and every whole message (fragments joined) for
+    # each parser it can reach, the extension lists of the ClientHellos included.
+    for name in PK_WIRES:
+        pk_wire = _wire(name)
+        seeds += [b"\x05" + r.fragment for _, d in pk_wire for r in split_records(d)
+                  if r.epoch == 0 and r.content_type == ContentType.HANDSHAKE]
+        for msg_type, body in _whole_messages(pk_wire):
+            seeds += [bytes([selector]) + body for selector in SELECTOR.get(msg_type, ())]
+            if msg_type == HandshakeType.CLIENT_HELLO:
+                seeds += [b"\x0b" + ext for _, ext in pull_client_hello(Buffer(body)).extensions if ext]
     return seeds
 
 
 def server_seeds() -> list[bytes]:
     seeds = []
-    for variant, (kw, _) in enumerate(SERVER_VARIANTS):
-        wire_kw = {k: v for k, v in kw.items() if k in ("coalesce_records", "mtu", "cookies")}
-        wire = reference_wire(bool(kw.get("psk_identity_hint")), **wire_kw)
+    for variant, (kind, kw, _) in enumerate(SERVER_VARIANTS):
+        wire_kw = {k: v for k, v in kw.items() if k in (*SHARED, "cookies", "require_client_auth")}
+        wire = reference_wire(bool(kw.get("psk_identity_hint")), kind, **wire_kw)
         c2s = [d for direction, d in wire if direction == "c2s"]
         # The established client's own traffic replayed.
         seeds.append(bytes([variant]) + encode_frames([(0, d) for d in c2s]))
-        # Complete handshakes, data and close from fresh addresses, recorded against this very server.
+        # Complete handshakes, data and close from fresh addresses, recorded against this very server (a server
+        # that also holds PSKs gets a PSK client and a raw-public-key client).
         pair = server_pair(variant)
-        client_kw = {k: v for k, v in kw.items() if k in ("coalesce_records", "mtu")}
-        clients = {tag: DTLSConnection(client_config(seed=7 + tag, **client_kw), peer="server") for tag in (4, 5)}
+        client_kw = {k: v for k, v in kw.items() if k in SHARED}
+        kinds = {4: "psk" if kw.get("psk_store") else kind, 5: kind}
+        clients = {tag: DTLSConnection(client_config_of(kinds[tag], 7 + tag, **client_kw), peer="server")
+                   for tag in (4, 5)}
         frames: list[tuple[int, bytes]] = []
         for client in clients.values():
             client.connect(pair.now)
@@ -130,8 +183,8 @@ def _plain(content_type: int, seq: int, payload: bytes) -> bytes:
 
 def client_seeds() -> list[bytes]:
     seeds = []
-    for index, (_, _, hint) in enumerate(CLIENT_STATES):
-        s2c = [d for direction, d in reference_wire(hint) if direction == "s2c"]
+    for index, (_, _, wire) in enumerate(CLIENT_STATES):
+        s2c = [d for direction, d in wire_of(wire) if direction == "s2c"]
         seeds.append(bytes([index]) + encode_frames([(0x40, s2c[0]), *((0, d) for d in s2c[1:])]))
         seeds.append(bytes([index]) + encode_frames([(0xC0, d) for d in reversed(s2c)]))
         seeds.append(bytes([index]) + encode_frames([(0x40, s2c[0]), *((0, d) for d in s2c[1:]),

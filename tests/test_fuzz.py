@@ -4,6 +4,11 @@ Properties: no exception escapes ``receive_datagram`` / ``handle_timer``; every 
 drops the input, or ends with a ConnectionTerminated whose error is a protocol alert (never InternalError, which
 would mean a bug in the core), a HandshakeTimeout, close_notify or a replacement by a new handshake; nothing
 stays half-open once the timers have run; two established ends share working keys.
+
+The same properties hold in the ECDHE-ECDSA states (raw public keys with and without a client key, X.509 with
+required client authentication, see ``PK_VARIANTS``): the server flight and the client's final flight are
+delivered in part, so every public-key state of both roles is fuzzed, and the mutated datagrams come from
+complete public-key exchanges.
 """
 
 from __future__ import annotations
@@ -12,16 +17,20 @@ import functools
 import itertools
 import os
 import random
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from helpers import (
     CLIENT_ADDR,
     Pair,
+    PkPair,
     drain,
     drain_server,
     half_steps,
     raw_records,
     run_until,
+    split_messages,
     to_client,
     to_server,
 )
@@ -41,16 +50,41 @@ FUZZ = settings(max_examples=int(os.environ.get("IOTDTLS_FUZZ_EXAMPLES", "600"))
                 derandomize=not os.environ.get("IOTDTLS_FUZZ_RANDOM"), database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-VARIANTS: dict[str, tuple[dict[str, object], dict[str, object]]] = {
-    "default": ({}, {}),
-    "hint-coalesced": ({"coalesce_records": True}, {"psk_identity_hint": b"hint", "coalesce_records": True}),
-    "mtu64": ({"mtu": 64}, {"mtu": 64}),
-    "ccm-no-ems": ({"cipher_suites": [CipherSuite.TLS_PSK_WITH_AES_128_CCM], "extended_master_secret": False},
+FUZZ_DIR = Path(__file__).resolve().parent.parent / "fuzz"
+if str(FUZZ_DIR) not in sys.path:
+    sys.path.insert(0, str(FUZZ_DIR))
+from fixed_pki import x509_kw  # noqa: E402  (deterministic certificates, shared with the fuzz targets)
+
+#: name -> (kind of pair: "psk", "rpk" (tests/helpers.PkPair) or "x509", client keywords, server keywords)
+VARIANTS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
+    "default": ("psk", {}, {}),
+    "hint-coalesced": ("psk", {"coalesce_records": True}, {"psk_identity_hint": b"hint", "coalesce_records": True}),
+    "mtu64": ("psk", {"mtu": 64}, {"mtu": 64}),
+    "ccm-no-ems": ("psk", {"cipher_suites": [CipherSuite.TLS_PSK_WITH_AES_128_CCM], "extended_master_secret": False},
                    {}),
 }
+PK_VARIANTS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
+    "rpk-mutual": ("rpk", {}, {}),
+    "rpk-anonymous-mtu128": ("rpk", {"key": None, "mtu": 128}, {"mtu": 128, "coalesce_records": True}),
+    "x509-required-mtu256": ("x509", {"mtu": 256}, {"mtu": 256, "require_client_auth": True}),
+}
+ALL_VARIANTS = {**VARIANTS, **PK_VARIANTS}
 #: 0 = ClientHello sent, 1..6 = one-way deliveries of the handshake (6 = both established),
 #: 7 = application data exchanged both ways (the server's final flight is no longer kept).
 STAGES = range(8)
+#: Public-key handshakes also stop inside a flight (the rest of it is lost; retransmission recovers it).
+#: 8..11: the client got the server flight up to WAIT_CERTIFICATE, WAIT_ECDHE_SKE, WAIT_CR_OR_DONE, WAIT_DONE;
+#: 12..15: the server got these parts of the client's final flight.
+PK_STAGES = range(16)
+_CCS, _FIN = -20, -1
+FINAL_PARTS: dict[int, set[int]] = {
+    12: {HandshakeType.CERTIFICATE},  # WAIT_CKE_AUTH (WAIT_CKE for a client without a key)
+    13: {HandshakeType.CERTIFICATE, HandshakeType.CLIENT_KEY_EXCHANGE},  # WAIT_CERTIFICATE_VERIFY
+    14: {HandshakeType.CERTIFICATE, HandshakeType.CLIENT_KEY_EXCHANGE, _CCS, _FIN},  # the CertificateVerify lost
+    15: {HandshakeType.CERTIFICATE, HandshakeType.CLIENT_KEY_EXCHANGE, HandshakeType.CERTIFICATE_VERIFY, _CCS},
+}
+CLIENT_TARGETS = [State.CLIENT_WAIT_CERTIFICATE, State.CLIENT_WAIT_ECDHE_SKE, State.CLIENT_WAIT_CR_OR_DONE,
+                  State.CLIENT_WAIT_DONE]
 OTHER_ADDR = ("198.51.100.23", 4444)
 
 
@@ -64,14 +98,25 @@ class FuzzPair(Pair):
         return out
 
 
+class FuzzPkPair(PkPair):
+    s2c = FuzzPair.s2c
+
+
 def make_pair(variant: str) -> Pair:
-    client_kw, server_kw = VARIANTS[variant]
+    kind, client_kw, server_kw = ALL_VARIANTS[variant]
+    if kind == "rpk":
+        return FuzzPkPair(dict(client_kw), dict(server_kw))
+    if kind == "x509":
+        return FuzzPair(x509_kw("client", **client_kw), x509_kw("server", **server_kw))
     return FuzzPair(dict(client_kw), dict(server_kw))
 
 
 def pair_at(variant: str, stage: int) -> Pair:
     pair = make_pair(variant)
     pair.client.connect(pair.now)
+    if stage >= 8:
+        _inside_a_flight(pair, stage)
+        return pair
     half_steps(pair, min(stage, 6))
     if stage >= 7:
         pair.client.send(b"up")
@@ -79,6 +124,27 @@ def pair_at(variant: str, stage: int) -> Pair:
         pair.server.send(CLIENT_ADDR, b"down")
         pair.pump()
     return pair
+
+
+def _part(piece: bytes) -> int:
+    """Handshake type of a one-fragment datagram of ``split_messages``; _CCS or _FIN (epoch 1) otherwise."""
+    (rec,) = split_records(piece)
+    if rec.epoch == 1:
+        return _FIN
+    return parse_fragments(rec.fragment)[0].msg_type if rec.content_type == ContentType.HANDSHAKE else _CCS
+
+
+def _inside_a_flight(pair: Pair, stage: int) -> None:
+    if stage < 12:
+        half_steps(pair, 3)
+        target = CLIENT_TARGETS[stage - 8]
+        for piece in split_messages(b"".join(pair.s2c()), 10):
+            if pair.client.state is target:
+                break
+            to_client(pair, [piece])
+    else:
+        half_steps(pair, 4)
+        to_server(pair, [p for p in split_messages(b"".join(pair.c2s()), 20) if _part(p) in FINAL_PARTS[stage]])
 
 
 @functools.cache
@@ -211,8 +277,8 @@ def settle_and_check(pair: Pair, events: list[tuple[str, Event]]) -> None:
     assert len(pair.server._partial_hellos) <= 64
     # Two established ends share working keys. (Replayed reference records may already have used the
     # first sequence numbers of this same deterministic session, so a few probes are sent.)
-    conn = pair.server.connections.get(CLIENT_ADDR)
-    if pair.client.is_established and conn is not None and conn.is_established:
+    session = pair.server.connections.get(CLIENT_ADDR)
+    if pair.client.is_established and session is not None and session.is_established:
         for _ in range(4):
             pair.client.send(b"probe")
         pair.pump()
@@ -231,10 +297,13 @@ def inject(pair: Pair, target: str, datagram: bytes, events: list[tuple[str, Eve
 # -- the fuzz tests ----------------------------------------------------------------------------------------
 
 
+Case = tuple[str, int, list[tuple[str, bytes]]]
+
+
 @st.composite
-def scenario(draw: st.DrawFn) -> tuple[str, int, list[tuple[str, bytes]]]:
-    variant = draw(st.sampled_from(sorted(VARIANTS)))
-    stage = draw(st.sampled_from(STAGES))
+def scenario(draw: st.DrawFn, variants: Mapping[str, object] = VARIANTS, stages: range = STAGES) -> Case:
+    variant = draw(st.sampled_from(sorted(variants)))
+    stage = draw(st.sampled_from(stages))
     targets = st.sampled_from(["client", "server", "server", "other"])
     injections = draw(st.lists(st.tuples(targets, bad_datagram(variant)), min_size=1, max_size=3))
     return variant, stage, injections
@@ -242,7 +311,23 @@ def scenario(draw: st.DrawFn) -> tuple[str, int, list[tuple[str, bytes]]]:
 
 @FUZZ
 @given(scenario())
-def test_bad_datagrams_in_every_state(case: tuple[str, int, list[tuple[str, bytes]]]) -> None:
+def test_bad_datagrams_in_every_state(case: Case) -> None:
+    run_scenario(case)
+
+
+#: The public-key pairs cost about twice a PSK pair: fewer examples by default.
+PK_FUZZ = settings(FUZZ, max_examples=int(os.environ.get("IOTDTLS_FUZZ_EXAMPLES", "300")))
+
+
+@PK_FUZZ
+@given(scenario(PK_VARIANTS, PK_STAGES))
+def test_bad_datagrams_in_every_public_key_state(case: Case) -> None:
+    """Random, truncated, spliced and mutated datagrams (from complete public-key exchanges) in every state of
+    both roles, the public-key ones included: nothing escapes, every end is an alert, a timeout or silence."""
+    run_scenario(case)
+
+
+def run_scenario(case: Case) -> None:
     variant, stage, injections = case
     pair = pair_at(variant, stage)
     events: list[tuple[str, Event]] = []
@@ -255,6 +340,16 @@ def test_bad_datagrams_in_every_state(case: tuple[str, int, list[tuple[str, byte
 @given(st.sampled_from(sorted(VARIANTS)), st.sampled_from(STAGES), st.integers(0, 2**32 - 1))
 def test_reference_datagrams_replayed_in_every_state(variant: str, stage: int, seed: int) -> None:
     """Genuine datagrams of the same session replayed, duplicated and reordered at any point."""
+    replay_reference(variant, stage, seed)
+
+
+@PK_FUZZ
+@given(st.sampled_from(sorted(PK_VARIANTS)), st.sampled_from(PK_STAGES), st.integers(0, 2**32 - 1))
+def test_reference_datagrams_replayed_in_every_public_key_state(variant: str, stage: int, seed: int) -> None:
+    replay_reference(variant, stage, seed)
+
+
+def replay_reference(variant: str, stage: int, seed: int) -> None:
     rng = random.Random(seed)
     pool = list(reference_wire(variant))
     pair = pair_at(variant, stage)
@@ -314,11 +409,13 @@ def _refragment(datagrams: list[bytes], cuts: list[list[int]], order: list[int],
 
 
 @FUZZ
-@given(st.sampled_from(["default", "hint-coalesced"]), fragmentation())
+@given(st.sampled_from(["default", "hint-coalesced", "rpk-mutual"]), fragmentation(max_messages=5))
 def test_server_flight_any_fragmentation_and_order_reassembled(
         variant: str, frag: tuple[list[list[int]], list[int], int]) -> None:
     """Any split of the server's flight into fragments, delivered in any order with overlapping duplicates,
-    reassembles: the client reaches WAIT_FINISHED and the handshake completes."""
+    reassembles: the client reaches WAIT_FINISHED and the handshake completes. ``rpk-mutual``: the five
+    messages of an ECDHE-ECDSA flight (ServerHello, Certificate, ServerKeyExchange, CertificateRequest,
+    ServerHelloDone), all within the reassembler's look-ahead."""
     cuts, order, seed = frag
     pair = pair_at(variant, 3)
     flight = pair.s2c()
@@ -341,6 +438,24 @@ def test_client_final_flight_any_fragmentation_and_order_reassembled(
     pieces = [*_refragment([cke], cuts, order, seed, first_seq=20), ccs, fin]
     rng = random.Random(seed)
     rng.shuffle(pieces)
+    to_server(pair, pieces)
+    assert pair.server.connections[CLIENT_ADDR].is_established
+    to_client(pair, pair.s2c())
+    assert pair.client.is_established
+
+
+@PK_FUZZ
+@given(fragmentation(max_messages=3))
+def test_public_key_final_flight_any_fragmentation_and_order_reassembled(
+        frag: tuple[list[list[int]], list[int], int]) -> None:
+    """Certificate, ClientKeyExchange and CertificateVerify in arbitrary fragments with overlapping duplicates,
+    all in any order relative to each other and to the ChangeCipherSpec and Finished."""
+    cuts, order, seed = frag
+    pair = pair_at("rpk-mutual", 4)
+    (final,) = pair.c2s()
+    cert, cke, cv, ccs, fin = raw_records(final)
+    pieces = [*_refragment([cert, cke, cv], cuts, order, seed, first_seq=20), ccs, fin]
+    random.Random(seed).shuffle(pieces)
     to_server(pair, pieces)
     assert pair.server.connections[CLIENT_ADDR].is_established
     to_client(pair, pair.s2c())

@@ -2,7 +2,9 @@
 tables of ``iotdtls.handshake`` (``HANDSHAKE_TABLE``, ``CCS_TABLE``, ``PROTECTED_MESSAGES``, ``HANDSHAKING``,
 ``WAITING_FINISHED``) plus the short list of documented rules in :func:`expected_outcome`.
 
-Rows are states reached by driving a real client/server pair (``ROWS``). Inputs are every handshake type
+Rows are states reached by driving a real client/server pair (``ROWS``): PSK handshakes, and ECDHE-ECDSA
+handshakes with raw public keys and mutual authentication (tests/helpers.PkPair, deterministic keys) for the
+public-key states. Inputs are every handshake type
 (unknown values included) at an in-order, old and future ``message_seq``, ChangeCipherSpec, warning / fatal /
 close_notify alerts and application data, each in epoch 0, in epoch 1 protected with the real keys (where keys
 exist) and in epoch 1 with a forged (unauthenticated) protection. Hypothesis generates the message bodies, valid
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import itertools
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -23,15 +26,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from helpers import (
     CLIENT_ADDR,
     IDENTITY,
     Pair,
+    PkPair,
     drain,
     drain_server,
     established_pair,
     half_steps,
+    p256_key,
+    plain_alerts,
     raw_records,
+    run_until,
     split_messages,
     to_client,
     to_server,
@@ -41,7 +50,15 @@ from hypothesis import strategies as st
 
 from iotdtls import ConnectionTerminated, DataReceived, DTLSConnection, HandshakeCompleted
 from iotdtls.buffer import Buffer, BufferReadError, Writer
-from iotdtls.constants import AlertDescription, AlertLevel, CipherSuite, ContentType, ExtensionType, HandshakeType
+from iotdtls.constants import (
+    AlertDescription,
+    AlertLevel,
+    CertificateType,
+    CipherSuite,
+    ContentType,
+    ExtensionType,
+    HandshakeType,
+)
 from iotdtls.errors import (
     AlertError,
     BadRecordMac,
@@ -60,6 +77,7 @@ from iotdtls.handshake import (
     WAITING_FINISHED,
     State,
 )
+from iotdtls.keys import spki_der
 from iotdtls.messages import (
     ClientHello,
     HelloVerifyRequest,
@@ -69,6 +87,17 @@ from iotdtls.messages import (
     push_hello_verify_request,
     push_psk_identity,
     push_server_hello,
+)
+from iotdtls.pkmessages import (
+    CertificateMessage,
+    CertificateRequest,
+    CertificateVerify,
+    ECDHEServerKeyExchange,
+    push_certificate,
+    push_certificate_request,
+    push_certificate_verify,
+    push_ecdhe_client_key_exchange,
+    push_ecdhe_server_key_exchange,
 )
 from iotdtls.reassembly import message_header, parse_fragments
 from iotdtls.record import CipherState, encode_plain, split_records
@@ -137,6 +166,8 @@ class Setup:
 
     pair: Pair
     conn: DTLSConnection | None
+    #: The peer's genuine handshake messages of this handshake by type (public-key rows): valid bodies to send.
+    genuine: dict[int, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -150,6 +181,7 @@ class Row:
     keys: bool = False  # epoch-1 keys exist: authentic epoch-1 records can be made
     keeps_flight: bool = False  # our last flight is kept for retransmission
     front_only: bool = False  # the server front has no connection for the address (none yet, or removed)
+    pk: bool = False  # reached with an ECDHE-ECDSA handshake (raw public keys, mutual authentication)
 
     @property
     def id(self) -> str:
@@ -288,6 +320,80 @@ ROWS: list[Row] = [
         front_only=True),
 ]
 
+
+
+# -- public-key rows: ECDHE-ECDSA with raw public keys, the server requesting the client's key ----------------
+
+
+def _messages(datagram: bytes) -> dict[int, bytes]:
+    """The whole epoch-0 handshake messages of a datagram, by type."""
+    return {f.msg_type: f.body for r in split_records(datagram)
+            if r.epoch == 0 and r.content_type == ContentType.HANDSHAKE for f in parse_fragments(r.fragment)}
+
+
+def _pk_server_flight(messages: int) -> Setup:
+    """The client after the first ``messages`` of ServerHello, Certificate, ServerKeyExchange,
+    CertificateRequest, ServerHelloDone."""
+    pair = PkPair()
+    pair.client.connect(pair.now)
+    half_steps(pair, 3)
+    (flight,) = pair.s2c()
+    to_client(pair, split_messages(flight, 10)[:messages])
+    return Setup(pair, pair.client, _messages(flight))
+
+
+def _pk_client_wait_finished() -> Setup:
+    pair = PkPair()
+    pair.client.connect(pair.now)
+    half_steps(pair, 4)
+    to_server(pair, pair.c2s())
+    drain_server(pair.server)
+    (flight,) = pair.s2c()
+    to_client(pair, raw_records(flight)[:1])  # the server's ChangeCipherSpec, not its Finished
+    return Setup(pair, pair.client)
+
+
+def _pk_client_final_flight(records: tuple[int, ...], anonymous: bool = False) -> Setup:
+    """The server after the records ``records`` of the client's final flight: Certificate, ClientKeyExchange,
+    CertificateVerify, ChangeCipherSpec, Finished (``anonymous``: a client without a key sends an empty
+    Certificate, no CertificateVerify)."""
+    pair = PkPair({"key": None} if anonymous else None)
+    pair.client.connect(pair.now)
+    half_steps(pair, 4)
+    (final,) = pair.c2s()
+    recs = raw_records(final)
+    to_server(pair, [recs[i] for i in records])
+    return Setup(pair, pair.server_conn, _messages(final))
+
+
+PK_ROWS: list[Row] = [
+    Row("WAIT_CERTIFICATE", "client", State.CLIENT_WAIT_CERTIFICATE, lambda: _pk_server_flight(1), next_seq=2,
+        keeps_flight=True, pk=True),
+    Row("WAIT_ECDHE_SKE", "client", State.CLIENT_WAIT_ECDHE_SKE, lambda: _pk_server_flight(2), next_seq=3,
+        keeps_flight=True, pk=True),
+    Row("WAIT_CR_OR_DONE", "client", State.CLIENT_WAIT_CR_OR_DONE, lambda: _pk_server_flight(3), next_seq=4,
+        keeps_flight=True, pk=True),
+    Row("WAIT_DONE(CR)", "client", State.CLIENT_WAIT_DONE, lambda: _pk_server_flight(4), next_seq=5,
+        keeps_flight=True, pk=True),
+    Row("WAIT_FINISHED+CCS(pk)", "client", State.CLIENT_WAIT_FINISHED, _pk_client_wait_finished, read_epoch=1,
+        next_seq=6, keys=True, keeps_flight=True, pk=True),
+    Row("WAIT_CLIENT_CERTIFICATE", "server", State.SERVER_WAIT_CLIENT_CERTIFICATE,
+        lambda: _pk_client_final_flight(()), next_seq=2, keeps_flight=True, pk=True),
+    Row("WAIT_CKE(anonymous)", "server", State.SERVER_WAIT_CKE, lambda: _pk_client_final_flight((0,), True),
+        next_seq=3, keeps_flight=True, pk=True),
+    Row("WAIT_CKE_AUTH", "server", State.SERVER_WAIT_CKE_AUTH, lambda: _pk_client_final_flight((0,)), next_seq=3,
+        keeps_flight=True, pk=True),
+    Row("WAIT_CERTIFICATE_VERIFY", "server", State.SERVER_WAIT_CERTIFICATE_VERIFY,
+        lambda: _pk_client_final_flight((0, 1)), next_seq=4, keys=True, keeps_flight=True, pk=True),
+    Row("WAIT_CERTIFICATE_VERIFY+CCS", "server", State.SERVER_WAIT_CERTIFICATE_VERIFY,
+        lambda: _pk_client_final_flight((0, 1, 3)), read_epoch=1, next_seq=4, keys=True, keeps_flight=True,
+        pk=True),
+    Row("WAIT_FINISHED+CCS(pk)", "server", State.SERVER_WAIT_FINISHED,
+        lambda: _pk_client_final_flight((0, 1, 2, 3)), read_epoch=1, next_seq=5, keys=True, keeps_flight=True,
+        pk=True),
+]
+ROWS += PK_ROWS
+
 # SERVER_START is not reachable through DTLSServer: the front creates a connection and accepts its ClientHello
 # in one call. It appears in no row.
 REACHABLE = {(r.role, r.state) for r in ROWS}
@@ -345,15 +451,21 @@ def expected_outcome(row: Row, kind: Kind, epoch: str, *, well_formed: bool = Tr
        connection (``hello_route`` "front") with a HelloVerifyRequest and drops unparseable ones ("invalid");
        everything else without a connection is dropped.
     3. Record layer (RFC 6347 4.1): epoch 1 before the ChangeCipherSpec is buffered while handshaking
-       (dropped otherwise); epoch 0 after the switch counts only as a retransmission hint; a record failing
-       authentication is dropped, except a handshake record while waiting for Finished (bad_record_mac,
-       openssl #10906); a malformed ChangeCipherSpec or alert is a decode_error.
+       (dropped otherwise); epoch 0 after the switch counts only as a retransmission hint, except a handshake
+       record in a state whose ``HANDSHAKE_TABLE`` entries still expect an unprotected message (the server's
+       WAIT_CERTIFICATE_VERIFY: the client's ChangeCipherSpec overtook its CertificateVerify), which is
+       processed as the handshake message it is (rule 4, in epoch 0); a record failing authentication is
+       dropped, except a handshake record while waiting for Finished (bad_record_mac, openssl #10906); a
+       malformed ChangeCipherSpec or alert is a decode_error.
     4. Handshake messages: an old message_seq is a retransmission, a future one is buffered; after the
        handshake a ClientHello or HelloRequest gets a no_renegotiation warning (in both roles) and anything
        new is unexpected. In-order messages: ``PROTECTED_MESSAGES`` must come in epoch 1 and nothing else
        may; then ``HANDSHAKE_TABLE`` decides. States outside ``HANDSHAKING`` (the client before ``connect``)
        have no table entries: any handshake message there is unexpected.
-    5. ChangeCipherSpec: ``CCS_TABLE`` while the read side is in epoch 0, unexpected otherwise.
+    5. ChangeCipherSpec: ``CCS_TABLE`` while the read side is in epoch 0, unexpected otherwise. Its handler
+       switches the read side to epoch 1 at once where the keys exist (the server's WAIT_CERTIFICATE_VERIFY
+       included, so a Finished that skips the CertificateVerify is unexpected) and defers the switch to the
+       ClientKeyExchange where they do not yet (the server's WAIT_CKE, WAIT_CLIENT_CERTIFICATE, WAIT_CKE_AUTH).
     6. Application data only in epoch 1: delivered when established, held while waiting for Finished.
     """
     content = kind.content
@@ -368,9 +480,10 @@ def expected_outcome(row: Row, kind: Kind, epoch: str, *, well_formed: bool = Tr
     if record_epoch != row.read_epoch:  # rule 3
         if record_epoch == 1:
             return Outcome.BUFFER_EPOCH if row.state in HANDSHAKING else Outcome.DROP
-        if content == ContentType.HANDSHAKE and kind.seq == "old":
-            return Outcome.RETRANSMIT
-        return Outcome.DROP
+        if content != ContentType.HANDSHAKE:
+            return Outcome.DROP
+        if not (row.read_epoch == 1 and expects_unprotected(row.state)):
+            return Outcome.RETRANSMIT if kind.seq == "old" else Outcome.DROP
     if epoch == "1*":
         if row.state in WAITING_FINISHED and content == ContentType.HANDSHAKE:
             return Outcome.BAD_MAC
@@ -403,6 +516,11 @@ def expected_outcome(row: Row, kind: Kind, epoch: str, *, well_formed: bool = Tr
     if (kind.msg_type in PROTECTED_MESSAGES) != (record_epoch == 1):
         return Outcome.UNEXPECTED
     return Outcome.HANDLER if (row.state, kind.msg_type) in HANDSHAKE_TABLE else Outcome.UNEXPECTED
+
+
+def expects_unprotected(state: State) -> bool:
+    """The table still has an entry for a message that must arrive in epoch 0 (rule 3)."""
+    return any(s is state and t not in PROTECTED_MESSAGES for s, t in HANDSHAKE_TABLE)
 
 
 # -- known deviations of the implementation from the oracle (each one is a bug) --------------------------
@@ -468,6 +586,43 @@ psk_identity_bodies = st.one_of(st.just(IDENTITY), st.binary(max_size=20)).map(
     lambda i: _push(lambda w: push_psk_identity(w, i)))
 
 
+
+
+# Public-key messages: other keys (an untrusted P-256 key: bad_certificate; secp256k1 and Ed25519 keys:
+# unsupported_certificate), an empty X.509 list, random chains; ECDH shares on and off the curve.
+_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+_OTHER_SPKIS = [spki_der(p256_key("stranger")),
+                ec.derive_private_key(7, ec.SECP256K1()).public_key().public_bytes(*_SPKI),
+                ed25519.Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key().public_bytes(*_SPKI)]
+_POINT = p256_key("stranger").public_key().public_bytes(serialization.Encoding.X962,
+                                                        serialization.PublicFormat.UncompressedPoint)
+_points = st.one_of(st.just(_POINT), st.binary(min_size=64, max_size=64).map(lambda b: b"\x04" + b),
+                    st.binary(min_size=1, max_size=80))
+_schemes = st.one_of(st.just(0x0403), st.integers(0, 0xFFFF))
+
+
+def _cert_body(kind: CertificateType, spki: bytes = b"", chain: list[bytes] | None = None) -> bytes:
+    return _push(lambda w: push_certificate(w, CertificateMessage(kind, spki=spki, chain=chain or [])))
+
+
+certificate_bodies = st.one_of(
+    st.sampled_from(_OTHER_SPKIS).map(lambda k: _cert_body(CertificateType.RAW_PUBLIC_KEY, k)),
+    st.just(_cert_body(CertificateType.X509)),
+    st.lists(st.binary(min_size=1, max_size=30), min_size=1, max_size=3).map(
+        lambda c: _cert_body(CertificateType.X509, chain=c)))
+ecdhe_ske_bodies = st.builds(ECDHEServerKeyExchange, point=_points, scheme=_schemes,
+                             signature=st.binary(min_size=1, max_size=72)).map(
+    lambda m: _push(lambda w: push_ecdhe_server_key_exchange(w, m)))
+ecdhe_cke_bodies = _points.map(lambda p: _push(lambda w: push_ecdhe_client_key_exchange(w, p)))
+certificate_request_bodies = st.builds(
+    CertificateRequest, certificate_types=st.lists(st.integers(0, 255), max_size=3),
+    schemes=st.lists(_schemes, max_size=3), authorities=st.lists(st.binary(min_size=1, max_size=8), max_size=2),
+).map(lambda m: _push(lambda w: push_certificate_request(w, m)))
+certificate_verify_bodies = st.builds(CertificateVerify, scheme=_schemes,
+                                      signature=st.binary(min_size=1, max_size=72)).map(
+    lambda m: _push(lambda w: push_certificate_verify(w, m)))
+
+
 def body_strategy(msg_type: int, setup: Setup) -> st.SearchStrategy[bytes]:
     """Well-formed bodies of the type (the genuine one where it matters) or random bytes."""
     conn = setup.conn
@@ -478,8 +633,16 @@ def body_strategy(msg_type: int, setup: Setup) -> st.SearchStrategy[bytes]:
         valid = server_hello_bodies
     elif msg_type == HandshakeType.HELLO_VERIFY_REQUEST:
         valid = hello_verify_bodies
-    elif msg_type in (HandshakeType.SERVER_KEY_EXCHANGE, HandshakeType.CLIENT_KEY_EXCHANGE):
-        valid = psk_identity_bodies
+    elif msg_type == HandshakeType.SERVER_KEY_EXCHANGE:
+        valid = st.one_of(psk_identity_bodies, ecdhe_ske_bodies)
+    elif msg_type == HandshakeType.CLIENT_KEY_EXCHANGE:
+        valid = st.one_of(psk_identity_bodies, ecdhe_cke_bodies)
+    elif msg_type == HandshakeType.CERTIFICATE:
+        valid = certificate_bodies
+    elif msg_type == HandshakeType.CERTIFICATE_REQUEST:
+        valid = certificate_request_bodies
+    elif msg_type == HandshakeType.CERTIFICATE_VERIFY:
+        valid = certificate_verify_bodies
     elif msg_type in (HandshakeType.HELLO_REQUEST, HandshakeType.SERVER_HELLO_DONE):
         valid = st.just(b"")
     elif msg_type == HandshakeType.FINISHED:
@@ -489,6 +652,8 @@ def body_strategy(msg_type: int, setup: Setup) -> st.SearchStrategy[bytes]:
             valid = st.one_of(st.just(genuine), valid)
     else:
         valid = st.binary(max_size=40)
+    if msg_type in setup.genuine:  # the peer's real message of this handshake
+        valid = st.one_of(st.just(setup.genuine[msg_type]), valid)
     return st.one_of(valid, st.binary(max_size=80))
 
 
@@ -691,6 +856,8 @@ def check(row: Row, setup: Setup, inp: Input, want: Outcome, got: Observed) -> N
             assert isinstance(err, AlertError) and not err.remote, err  # the handler refused the body
             assert conn.is_closed
             assert (AlertLevel.FATAL, err.description) in alerts_sent(conn, got.out)
+        if inp.kind.content == ContentType.CHANGE_CIPHER_SPEC:  # rule 5: switch now or at the key exchange
+            assert (conn._read_epoch, conn._early_ccs) == ((1, False) if row.keys else (0, True)), row
         return
     # Every other outcome is quiet: no handler runs, the state stays.
     assert not any(c[0] == "handshake" for c in got.calls), got.calls
@@ -812,9 +979,8 @@ def test_state_message_pair(row: Row, kind: Kind, epoch: str, data: st.DataObjec
 
 def test_genuine_finished_completes_in_both_roles() -> None:
     """The HANDLER cells of Finished with the genuine verify_data: the handshake completes (the random
-    bodies of the matrix test only show that the handler runs and refuses them)."""
-    for role in ("client", "server"):
-        row = next(r for r in ROWS if r.role == role and r.name == "WAIT_FINISHED+CCS")
+    bodies of the matrix test only show that the handler runs and refuses them), PSK and ECDHE-ECDSA."""
+    for row in (r for r in ROWS if r.name.startswith("WAIT_FINISHED+CCS")):
         setup = row.build()
         conn = setup.conn
         assert conn is not None
@@ -852,9 +1018,10 @@ def render_matrix() -> str:
              "server is shown with the random of the connection's own ClientHello (others go to the stateless "
              "front: `hvr`). Malformed ChangeCipherSpec or alert payloads give `dec` wherever the record is "
              "processed.", ""]
-    for role in ("client", "server"):
-        rows = [r for r in ROWS if r.role == role]
-        lines.append(f"**{role.capitalize()}**")
+    for role, pk in (("client", False), ("server", False), ("client", True), ("server", True)):
+        rows = [r for r in ROWS if r.role == role and r.pk == pk]
+        title = "ECDHE-ECDSA (raw public keys, mutual authentication)" if pk else "PSK and common states"
+        lines.append(f"**{role.capitalize()}: {title}**")
         lines.append("")
         lines.append("| input | " + " | ".join(r.name for r in rows) + " |")
         lines.append("|---" * (len(rows) + 1) + "|")
@@ -1055,6 +1222,72 @@ def test_application_data_before_the_handshake_completes_is_unexpected(row: Row,
     err = only_termination(got.events)
     assert isinstance(err, UnexpectedMessage) and conn.is_closed
     assert alerts_sent(conn, got.out) == [(AlertLevel.FATAL, AlertDescription.unexpected_message)]
+
+
+# -- the public-key states: reordering around the CertificateVerify -----------------------------------------
+
+
+def test_every_handshaking_row_lies_on_a_live_handshake() -> None:
+    """Each row's state is a step of a real handshake, not a dead end: with retransmissions (the rows drop the
+    rest of the flight they were built from) both sides complete."""
+    for row in ROWS:
+        if row.state not in HANDSHAKING:
+            continue
+        setup = row.build()
+        setup.pair.pump()
+        run_until(setup.pair, 60.0)
+        assert setup.pair.client.is_established and setup.pair.server_conn.is_established, row
+
+
+def _final_flight(anonymous: bool) -> tuple[PkPair, list[bytes]]:
+    pair = PkPair({"key": None} if anonymous else None)
+    pair.client.connect(pair.now)
+    half_steps(pair, 4)
+    (final,) = pair.c2s()
+    return pair, raw_records(final)
+
+
+@pytest.mark.parametrize("anonymous", [False, True], ids=["mutual", "anonymous"])
+def test_public_key_final_flight_in_any_order_completes(anonymous: bool) -> None:
+    """The client's final flight (Certificate, ClientKeyExchange, [CertificateVerify], ChangeCipherSpec,
+    Finished), one record per datagram, in every order: a ChangeCipherSpec before the ClientKeyExchange waits
+    for it (WAIT_CLIENT_CERTIFICATE, WAIT_CKE_AUTH, WAIT_CKE), one after it switches at once
+    (WAIT_CERTIFICATE_VERIFY), and a CertificateVerify behind the ChangeCipherSpec or the Finished is still read
+    from epoch 0. Every order completes the handshake in both roles."""
+    for order in itertools.permutations(range(4 if anonymous else 5)):
+        pair, records = _final_flight(anonymous)
+        to_server(pair, [records[i] for i in order])
+        conn = pair.server_conn
+        assert conn.is_established, (order, conn.state, conn.error)
+        to_client(pair, pair.s2c())
+        peer = conn.peer_credential
+        assert pair.client.is_established and conn.identity == (b"" if peer is None else peer.ni.encode())
+        assert (peer is None) == anonymous
+
+
+def _renumbered_finished(pair: PkPair, record: bytes, message_seq: int) -> bytes:
+    cipher = pair.client._write_cipher
+    assert cipher is not None
+    (rec,) = split_records(record)
+    plain = cipher.unprotect(rec)
+    assert plain is not None
+    return cipher.protect(ContentType.HANDSHAKE, (1 << 48) | 50, message_header(HandshakeType.FINISHED, 12,
+                                                                                message_seq) + plain[12:])
+
+
+@pytest.mark.parametrize("order", [(0, 1, 3, 4), (0, 1, 4, 3), (3, 4, 0, 1), (0, 3, 4, 1)])
+def test_finished_that_skips_the_certificate_verify_is_unexpected(order: tuple[int, ...]) -> None:
+    """A client that presented a certificate and sends its Finished where the CertificateVerify belongs
+    (message_seq 4; DTLS-Fuzzer: client authentication accepted without CertificateVerify) gets
+    unexpected_message, whether the ChangeCipherSpec and Finished arrive after or before its other messages."""
+    pair, records = _final_flight(False)
+    records[4] = _renumbered_finished(pair, records[4], 4)
+    to_server(pair, [records[i] for i in order])
+    events = [e for _, e in drain_server(pair.server)]
+    assert not any(isinstance(e, HandshakeCompleted) for e in events)
+    err = only_termination(events)
+    assert isinstance(err, UnexpectedMessage), err
+    assert (AlertLevel.FATAL, AlertDescription.unexpected_message) in plain_alerts(pair.s2c())
 
 
 if __name__ == "__main__":
