@@ -1,0 +1,130 @@
+"""iotdtls-coap-client: one CoAP(s) request, like aiocoap-client, with coaps:// over iotdtls.
+
+Prints the response payload; exit status 0 on a 2.xx response, 1 with a one-line message otherwise (4.xx/5.xx,
+refused or failed DTLS handshake, timeout), 2 for usage errors."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+import aiocoap
+from aiocoap.credentials import CredentialsLoadError
+
+from ..coap import client_context
+from ..coap.credentials import load_credentials
+from ..config import DTLSConfiguration
+from .common import UsageError, describe_error, fail
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="iotdtls-coap-client", description=__doc__)
+    p.add_argument("-m", "--method", default="GET", help="GET, POST, PUT, DELETE, ... (default GET)")
+    p.add_argument("--payload", help="request payload (text; prefix @ to read a file)")
+    p.add_argument("--content-format", help="numeric content format or a media type")
+    p.add_argument("--credentials", metavar="FILE", help="aiocoap credentials JSON")
+    p.add_argument("--observe", action="store_true", help="observe the resource, print each notification")
+    p.add_argument("--observe-count", type=int, default=0, metavar="N", help="stop after N notifications")
+    p.add_argument("--mtu", type=int, default=None, help="DTLS datagram budget in bytes (default 512)")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="S", help="give up after S seconds")
+    p.add_argument("uri")
+    return p
+
+
+def _content_format(text: str | None) -> Any:
+    if text is None:
+        return None
+    if text.isdigit():
+        return aiocoap.numbers.ContentFormat(int(text))
+    try:
+        return aiocoap.numbers.ContentFormat.by_media_type(text)
+    except KeyError:
+        raise UsageError(f"unknown content format {text!r}") from None
+
+
+def _payload(text: str | None) -> bytes:
+    if text is None:
+        return b""
+    if text.startswith("@"):
+        try:
+            with open(text[1:], "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise UsageError(f"cannot read payload file {text[1:]}: {exc.strerror}") from None
+    return text.encode()
+
+
+def _print(response: Any) -> None:
+    sys.stdout.buffer.write(response.payload + (b"" if response.payload.endswith(b"\n") else b"\n"))
+    sys.stdout.flush()
+
+
+async def run(args: argparse.Namespace) -> int:
+    try:
+        method = aiocoap.numbers.Code[args.method.upper()]
+    except KeyError:
+        raise UsageError(f"unknown method {args.method!r}") from None
+    try:
+        credentials = load_credentials(args.credentials)
+    except CredentialsLoadError as exc:
+        raise UsageError(str(exc)) from None
+    config = DTLSConfiguration()
+    if args.mtu is not None:
+        config.mtu = args.mtu
+    ctx = await client_context(credentials, config=config)
+    try:
+        try:
+            request = aiocoap.Message(code=method, uri=args.uri, payload=_payload(args.payload))
+        except ValueError as exc:
+            raise UsageError(f"{args.uri}: {exc}") from None
+        cf = _content_format(args.content_format)
+        if cf is not None:
+            request.opt.content_format = cf
+        if args.observe:
+            request.opt.observe = 0
+        req = ctx.request(request)
+        response = await asyncio.wait_for(req.response, args.timeout)
+        if not response.code.is_successful():
+            print(f"iotdtls-coap-client: {response.code.dotted} {response.code.name_printable}"
+                  + (f": {response.payload.decode(errors='replace')}" if response.payload else ""), file=sys.stderr)
+            return 1
+        _print(response)
+        if args.observe:
+            seen = 0
+            async for notification in req.observation:
+                _print(notification)
+                seen += 1
+                if args.observe_count and seen >= args.observe_count:
+                    break
+        return 0
+    except TimeoutError:
+        print(f"iotdtls-coap-client: timeout: no response within {args.timeout:g} s", file=sys.stderr)
+        return 1
+    except aiocoap.error.Error as exc:
+        cause = exc.__cause__ or exc
+        print(f"iotdtls-coap-client: {describe_error(cause)}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if isinstance(exc, UsageError):
+            raise
+        print(f"iotdtls-coap-client: {describe_error(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        await ctx.shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        status = asyncio.run(run(args))
+    except UsageError as exc:
+        fail(str(exc), 2, "iotdtls-coap-client")
+    except KeyboardInterrupt:
+        status = 130
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

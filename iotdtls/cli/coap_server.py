@@ -1,0 +1,141 @@
+"""iotdtls-coap-server: a demo CoAPs site over iotdtls (aiocoap): /.well-known/core, /time (GET, Observe),
+/echo (POST/PUT: the payload back with its content format), /whoami (the caller's authenticated identity)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import signal
+import sys
+from typing import Any
+
+import aiocoap
+import aiocoap.resource as resource
+from aiocoap.credentials import CredentialsLoadError
+from aiocoap.numbers import COAPS_PORT
+from aiocoap.util import hostportsplit
+
+from ..coap import server_context
+from ..coap.credentials import load_credentials
+from ..config import DTLSConfiguration
+from .common import UsageError, fail
+
+
+class TimeResource(resource.ObservableResource):  # type: ignore[misc]
+    """The current UTC time as text; observers get a notification every ``interval`` seconds."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self._interval = interval
+        self._handle: asyncio.TimerHandle | None = None
+
+    def update_observation_count(self, count: int) -> None:
+        if count and self._handle is None:
+            self._schedule()
+        elif not count and self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _schedule(self) -> None:
+        self._handle = asyncio.get_running_loop().call_later(self._interval, self._notify)
+
+    def _notify(self) -> None:
+        self.updated_state()
+        self._schedule()
+
+    async def render_get(self, request: Any) -> Any:
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return aiocoap.Message(payload=now.encode(), content_format=0)
+
+
+class EchoResource(resource.Resource):  # type: ignore[misc]
+    async def render_post(self, request: Any) -> Any:
+        return aiocoap.Message(code=aiocoap.CONTENT, payload=request.payload,
+                               content_format=request.opt.content_format)
+
+    render_put = render_post
+
+
+class WhoAmIResource(resource.Resource):  # type: ignore[misc]
+    async def render_get(self, request: Any) -> Any:
+        remote = request.remote
+        identity = getattr(remote, "identity", b"")
+        claims = list(remote.authenticated_claims)
+        text = identity.decode(errors="replace") if identity else "anonymous"
+        if claims:
+            text += " (" + ", ".join(str(c) for c in claims) + ")"
+        return aiocoap.Message(payload=text.encode(), content_format=0)
+
+
+def build_site(observe_interval: float = 1.0) -> Any:
+    site = resource.Site()
+    site.add_resource([".well-known", "core"], resource.WKCResource(site.get_resources_as_linkheader))
+    site.add_resource(["time"], TimeResource(observe_interval))
+    site.add_resource(["echo"], EchoResource())
+    site.add_resource(["whoami"], WhoAmIResource())
+    return site
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="iotdtls-coap-server", description=__doc__)
+    p.add_argument("--bind", default=f"[::]:{COAPS_PORT}", metavar="HOST:PORT",
+                   help=f"address to serve coaps:// on (default [::]:{COAPS_PORT})")
+    p.add_argument("--credentials", required=True, metavar="FILE",
+                   help="aiocoap credentials JSON (dtls PSK entries and/or iotdtls-rpk entries)")
+    p.add_argument("--mtu", type=int, default=None, help="datagram budget in bytes (default 512)")
+    p.add_argument("--idle-timeout", type=float, default=None, metavar="S", help="close idle sessions after S")
+    p.add_argument("--require-client-auth", action="store_true",
+                   help="refuse public-key clients without a trusted key")
+    p.add_argument("--observe-interval", type=float, default=1.0, metavar="S", help="/time notification period")
+    p.add_argument("-v", "--verbose", action="store_true", help="log sessions")
+    return p
+
+
+async def run(args: argparse.Namespace) -> None:
+    try:
+        host, port = hostportsplit(args.bind)
+    except ValueError:
+        raise UsageError(f"--bind {args.bind}: expected HOST:PORT") from None
+    try:
+        credentials = load_credentials(args.credentials)
+    except CredentialsLoadError as exc:
+        raise UsageError(str(exc)) from None
+    config = DTLSConfiguration(is_client=False, idle_timeout=args.idle_timeout,
+                               require_client_auth=args.require_client_auth)
+    if args.mtu is not None:
+        config.mtu = args.mtu
+    try:
+        ctx = await server_context(build_site(args.observe_interval), (host, port or COAPS_PORT), credentials,
+                                   config=config)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot bind {args.bind}: {exc.strerror}") from None
+    print(f"iotdtls-coap-server: serving coaps://{args.bind}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await ctx.shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(level=logging.WARNING, format="iotdtls-coap-server: %(message)s")
+        logging.getLogger("coap-server.iotdtls").setLevel(logging.INFO)
+    try:
+        asyncio.run(run(args))
+    except UsageError as exc:
+        fail(str(exc), 2, "iotdtls-coap-server")
+    except KeyboardInterrupt:
+        pass
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""The client half of the aiocoap transport: one DTLS session per (host, port, credentials), reused across
+requests, re-handshaken when it fails or when the peer stops answering (a restarted server has forgotten it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiocoap import error, interfaces
+from aiocoap.numbers import COAPS_PORT
+from aiocoap.util import hostportjoin, hostportsplit
+
+from ..config import DTLSConfiguration
+from ..connection import DTLSConnection
+from ..errors import DTLSError
+from ..events import ConnectionTerminated, DataReceived, HandshakeCompleted
+from .credentials import client_config
+from .sizing import block_size_exp
+
+#: A session that has sent this many datagrams without receiving one authenticated record for STALE_AFTER
+#: seconds is presumed dead (a restarted or rebooted server) and re-handshakes under the pending requests.
+STALE_SENDS = 2
+STALE_AFTER = 4.0
+MAX_QUEUED = 64
+
+
+class SessionError(DTLSError):
+    """The DTLS session to this remote failed; the request was not delivered over it."""
+
+
+class ClientSession(interfaces.EndpointAddress, asyncio.DatagramProtocol):  # type: ignore[misc]
+    """One DTLS session to a server, and the aiocoap remote address of requests sent over it."""
+
+    scheme = "coaps"
+    is_multicast = False
+    is_multicast_locally = False
+    #: Largest RFC 7959 block size exponent whose blocks fit one DTLS record (a plain attribute: aiocoap
+    #: lowers it per remote when a peer asks for smaller blocks).
+    maximum_block_size_exp: int = 6
+
+    def __init__(self, transport: IotdtlsClientTransport, host: str, port: int, key: object,
+                 config: DTLSConfiguration) -> None:
+        self._owner = transport
+        self._host, self._port, self._key = host, port, key
+        self._config = config
+        self._hostinfo = str(hostportjoin(host, None if port == COAPS_PORT else port))
+        self._conn: DTLSConnection | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._queue: list[bytes] = []
+        self._sends_unanswered = 0
+        self._last_heard = 0.0
+        self._closed = False
+        self._opening: asyncio.Future[None] | None = None
+        self.maximum_block_size_exp = block_size_exp(DTLSConnection(config, validate=False).max_payload)
+
+    # -- EndpointAddress -------------------------------------------------------------------------
+    @property
+    def hostinfo(self) -> str:
+        return self._hostinfo
+
+    uri_base = property(lambda self: "coaps://" + self.hostinfo)
+    uri_base_local = property(lambda self: "coaps://" + self.hostinfo_local)
+
+    @property
+    def hostinfo_local(self) -> str:
+        if self._udp is None:
+            return "unknown"
+        host, port, *_ = self._udp.get_extra_info("sockname")
+        return str(hostportjoin(host, port))
+
+    @property
+    def blockwise_key(self) -> object:
+        return (self._host, self._port, self._key)
+
+    @property
+    def maximum_payload_size(self) -> int:
+        return 1 << (self.maximum_block_size_exp + 4)
+
+    @property
+    def authenticated_claims(self) -> list[str]:
+        conn = self._conn
+        if conn is None or not conn.is_established or conn.peer_credential is None:
+            return []
+        return [conn.peer_credential.identity]
+
+    @property
+    def connection(self) -> DTLSConnection | None:
+        """The current DTLS connection (replaced when the session re-handshakes)."""
+        return self._conn
+
+    # -- sending ---------------------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        conn = self._conn
+        if conn is not None and conn.is_established:
+            if self._sends_unanswered < STALE_SENDS or now - self._last_heard <= STALE_AFTER:
+                self._sends_unanswered += 1
+                try:
+                    conn.send(data)
+                except (DTLSError, ValueError) as exc:
+                    self._fail(exc)
+                    return
+                self._flush(now)
+                return
+            self._owner.log.info("%s stopped answering; starting a new DTLS handshake", self.hostinfo)
+            self._restart(now)
+        if len(self._queue) < MAX_QUEUED:
+            self._queue.append(data)
+        if self._conn is None or self._conn.is_closed:
+            self._restart(now)
+
+    def _restart(self, now: float) -> None:
+        if self._conn is not None and not self._conn.is_closed:
+            self._conn.close()
+            self._flush(now)
+        self._conn = DTLSConnection(self._config, peer=(self._host, self._port), validate=False)
+        self._sends_unanswered = 0
+        self._last_heard = now
+        if self._udp is None:
+            if self._opening is None or self._opening.done():
+                self._opening = asyncio.ensure_future(self._open())
+        else:
+            self._conn.connect(now)
+            self._flush(now)
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_datagram_endpoint(lambda: self, remote_addr=(self._host, self._port))
+        except OSError as exc:
+            self._fail(exc)
+
+    # -- DatagramProtocol ------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._udp = transport  # type: ignore[assignment]
+        now = asyncio.get_running_loop().time()
+        if self._conn is not None and self._conn.state.name == "CLIENT_START":
+            self._conn.connect(now)
+        self._flush(now)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        now = asyncio.get_running_loop().time()
+        conn.receive_datagram(data, now)
+        self._flush(now)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable on a connected socket: nobody listens there (yet). Retransmissions go on.
+        self._owner.log.debug("%s: %s", self.hostinfo, exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._udp = None
+
+    # -- the sans-IO connection ------------------------------------------------------------------
+    def _flush(self, now: float) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        while (event := conn.next_event()) is not None:
+            if isinstance(event, DataReceived):
+                self._sends_unanswered = 0
+                self._last_heard = now
+                self._owner.received(self, event.data)
+            elif isinstance(event, HandshakeCompleted):
+                self._last_heard = now
+                queued, self._queue = self._queue, []
+                for data in queued:
+                    conn.send(data)
+            elif isinstance(event, ConnectionTerminated):
+                self._connection_ended(conn, event.error)
+        if self._udp is not None:
+            for datagram in conn.datagrams_to_send(now):
+                self._udp.sendto(datagram)
+        self._arm_timer(now)
+
+    def _arm_timer(self, now: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        conn = self._conn
+        when = conn.get_timer() if conn is not None else None
+        if when is not None:
+            self._timer = asyncio.get_running_loop().call_at(max(when, now), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        conn = self._conn
+        if conn is None:
+            return
+        now = asyncio.get_running_loop().time()
+        conn.handle_timer(now)
+        self._flush(now)
+
+    def _connection_ended(self, conn: DTLSConnection, exc: Exception | None) -> None:
+        if conn is not self._conn:
+            return
+        self._conn = None
+        self._queue = []
+        self._fail(exc or SessionError("the server closed the DTLS session"))
+
+    def _fail(self, exc: BaseException) -> None:
+        """Error every pending request to this remote; the next request starts a new session."""
+        self._owner.forget(self)
+        self.shutdown()
+        self._owner.failed(self, exc)
+
+    def shutdown(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._conn is not None and not self._conn.is_closed:
+            self._conn.close()
+            if self._udp is not None:
+                for datagram in self._conn.datagrams_to_send(0.0):
+                    self._udp.sendto(datagram)
+        if self._udp is not None:
+            self._udp.close()
+
+
+class IotdtlsClientTransport(interfaces.MessageInterface):  # type: ignore[misc]
+    """aiocoap MessageInterface for ``coaps://`` requests over iotdtls."""
+
+    def __init__(self, mman: Any, base: DTLSConfiguration, log: logging.Logger) -> None:
+        self._mman = mman
+        self._base = base
+        self.log = log
+        self._pool: dict[tuple[str, int, int], ClientSession] = {}
+        self._shutting_down = False
+
+    async def determine_remote(self, request: Any) -> ClientSession | None:
+        if request.requested_scheme != "coaps":
+            return None
+        if self._shutting_down:
+            raise error.LibraryShutdown
+        if request.unresolved_remote:
+            host, port = hostportsplit(request.unresolved_remote)
+            port = port or COAPS_PORT
+        elif request.opt.uri_host:
+            host, port = request.opt.uri_host, request.opt.uri_port or COAPS_PORT
+        else:
+            raise ValueError("No location found to send message to (neither in .opt.uri_host nor in .remote)")
+        credential = self._mman.token_manager.context.client_credentials.credentials_from_request(request)
+        key = (host, port, id(credential))
+        session = self._pool.get(key)
+        if session is None:
+            config = client_config(credential, self._base)
+            if config.trust is not None and config.trust.ca_certificates and config.trust.server_name is None:
+                from dataclasses import replace
+
+                config = replace(config, trust=replace(config.trust, server_name=host))
+            config.validate()
+            session = ClientSession(self, host, port, credential, config)
+            self._pool[key] = session
+        return session
+
+    async def recognize_remote(self, remote: Any) -> bool:
+        return isinstance(remote, ClientSession) and remote in self._pool.values()
+
+    def send(self, message: Any) -> None:
+        message.remote.send(message.encode())
+
+    def received(self, session: ClientSession, data: bytes) -> None:
+        from aiocoap import Message
+
+        try:
+            message = Message.decode(data, remote=session)
+        except error.UnparsableMessage:
+            self.log.warning("Ignoring unparsable CoAP message from %s", session.hostinfo)
+            return
+        if self._mman is not None:
+            self._mman.dispatch_message(message)
+
+    def failed(self, session: ClientSession, exc: BaseException) -> None:
+        if self._mman is not None:
+            self._mman.dispatch_error(exc, session)
+
+    def forget(self, session: ClientSession) -> None:
+        for key, value in list(self._pool.items()):
+            if value is session:
+                del self._pool[key]
+
+    async def shutdown(self) -> None:
+        self._shutting_down = True
+        for session in list(self._pool.values()):
+            session.shutdown()
+        self._pool.clear()
+        self._mman = None
