@@ -17,7 +17,7 @@ from ..connection import DTLSConnection
 from ..errors import DTLSError
 from ..events import ConnectionTerminated, DataReceived, HandshakeCompleted
 from .credentials import client_config
-from .sizing import block_size_exp
+from .sizing import block_size_exp_for_mtu
 
 #: A session that has sent this many datagrams without receiving one authenticated record for STALE_AFTER
 #: seconds is presumed dead (a restarted or rebooted server) and re-handshakes under the pending requests.
@@ -54,7 +54,7 @@ class ClientSession(interfaces.EndpointAddress, asyncio.DatagramProtocol):  # ty
         self._last_heard = 0.0
         self._closed = False
         self._opening: asyncio.Future[None] | None = None
-        self.maximum_block_size_exp = block_size_exp(DTLSConnection(config, validate=False).max_payload)
+        self.maximum_block_size_exp = block_size_exp_for_mtu(config.mtu)
 
     # -- EndpointAddress -------------------------------------------------------------------------
     @property

@@ -16,7 +16,7 @@ from ..config import DTLSConfiguration
 from ..events import ConnectionTerminated, DataReceived, HandshakeCompleted
 from ..server import DTLSServer
 from .credentials import claims_for
-from .sizing import block_size_exp
+from .sizing import block_size_exp_for_mtu
 
 Address = Any  # what the UDP socket reports: (host, port[, flowinfo, scope_id])
 
@@ -70,7 +70,7 @@ class IotdtlsServerTransport(interfaces.MessageInterface, asyncio.DatagramProtoc
         self._credentials = credentials
         self.log = log
         self.core = DTLSServer(config, max_sessions=max_sessions, max_handshakes=max_handshakes)
-        self._block_exp = block_size_exp(config.mtu - 13 - 16)
+        self._block_exp = block_size_exp_for_mtu(config.mtu)
         self._remotes: dict[Address, ServerRemote] = {}
         self._udp: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None

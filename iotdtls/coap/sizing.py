@@ -13,3 +13,11 @@ def block_size_exp(max_record_payload: int) -> int:
     while szx > 0 and (1 << (szx + 4)) + COAP_OVERHEAD > max_record_payload:
         szx -= 1
     return szx
+
+
+#: Record header (13) plus the largest AEAD expansion of the profile (8-byte nonce + 16-byte CCM tag).
+RECORD_OVERHEAD = 13 + 24
+
+
+def block_size_exp_for_mtu(mtu: int) -> int:
+    return block_size_exp(mtu - RECORD_OVERHEAD)
