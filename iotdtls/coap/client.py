@@ -116,9 +116,13 @@ class ClientSession(interfaces.EndpointAddress, asyncio.DatagramProtocol):  # ty
             self._restart(now)
 
     def _restart(self, now: float) -> None:
-        if self._conn is not None and not self._conn.is_closed:
-            self._conn.close()
-            self._flush(now)
+        old = self._conn
+        if old is not None and not old.is_closed:
+            # detach first: the old connection's end must not fail the requests waiting for the new one
+            old.close()
+            if self._udp is not None:
+                for datagram in old.datagrams_to_send(now):
+                    self._udp.sendto(datagram)
         self._conn = DTLSConnection(self._config, peer=(self._host, self._port), validate=False)
         self._sends_unanswered = 0
         self._last_heard = now

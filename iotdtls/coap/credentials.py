@@ -51,6 +51,8 @@ class RawPublicKeyCredential:
                     key = load_private_key(Path(path).read_bytes())
                 except OSError as exc:
                     raise CredentialsLoadError(f"{RPK_TYPE}: cannot read {path}: {exc.strerror}") from None
+                except KeyFileError as exc:
+                    raise CredentialsLoadError(f"{RPK_TYPE}: {path}: {exc}") from None
             peers = data.get("peer-keys", [])
             if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
                 raise CredentialsLoadError(f"{RPK_TYPE}: peer-keys must be a list of files or fingerprints")

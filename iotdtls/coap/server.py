@@ -110,6 +110,9 @@ class IotdtlsServerTransport(interfaces.MessageInterface, asyncio.DatagramProtoc
     def error_received(self, exc: Exception) -> None:
         self.log.debug("UDP error: %s", exc)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._udp = None
+
     # -- MessageInterface ------------------------------------------------------------------------
     async def determine_remote(self, request: Any) -> None:
         return None  # a CoAPs server answers; it does not open sessions
@@ -132,14 +135,13 @@ class IotdtlsServerTransport(interfaces.MessageInterface, asyncio.DatagramProtoc
     async def shutdown(self) -> None:
         for addr in list(self._remotes):
             self.core.close(addr)
+        self._mman = None  # aiocoap's message manager is already shut down: nothing more to dispatch
         self._pump(asyncio.get_running_loop().time())
-        for addr, remote in list(self._remotes.items()):
-            self._end(addr, remote, error.LibraryShutdown("Shutting down"))
+        self._remotes.clear()
         if self._timer is not None:
             self._timer.cancel()
         if self._udp is not None:
             self._udp.close()
-        self._mman = None
 
     # -- the sans-IO server ----------------------------------------------------------------------
     def _pump(self, now: float) -> None:
