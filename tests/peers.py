@@ -43,6 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -99,6 +100,11 @@ def have_libcoap() -> bool:
     return shutil.which("coap-client-gnutls") is not None or shutil.which("coap-client-openssl") is not None
 
 
+def have_libcoap_build(tls: str) -> bool:
+    """True if libcoap's ``coap-client-TLS`` and ``coap-server-TLS`` (tls: "gnutls", "openssl") are installed."""
+    return shutil.which(f"coap-client-{tls}") is not None and shutil.which(f"coap-server-{tls}") is not None
+
+
 def have_tshark() -> bool:
     return shutil.which("tshark") is not None
 
@@ -113,6 +119,14 @@ def require_gnutls() -> None:
 
 def require_tinydtls() -> None:
     require_peer("tinydtls (pip DTLSSocket)", have_tinydtls())
+
+
+def require_libcoap(tls: str | None = None) -> None:
+    """libcoap's command-line tools: any build, or both tools of one build (tls: "gnutls", "openssl")."""
+    if tls is None:
+        require_peer("libcoap (coap-client-gnutls/coap-client-openssl)", have_libcoap())
+    else:
+        require_peer(f"libcoap {tls} build (coap-client-{tls}/coap-server-{tls})", have_libcoap_build(tls))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -134,6 +148,40 @@ def free_udp_port() -> int:
                 _handed_out_ports.add(port)
                 return port
     raise RuntimeError("could not find a free UDP port")
+
+
+def _port_free(port: int) -> bool:
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind((LOCALHOST, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port_pair() -> int:
+    """A port N such that N and N+1 are free right now for UDP *and* TCP on 127.0.0.1.
+
+    For libcoap's ``coap-server-* -p N``, which binds UDP and TCP on N (coap, coap+tcp) and on N+1 (coaps,
+    coaps+tcp). Neither port is handed out again by `free_udp_port` in this process.
+    """
+    with _ports_lock:
+        for _ in range(100):
+            base = _random_free_port()
+            if base >= 65535 or base in _handed_out_ports or base + 1 in _handed_out_ports:
+                continue
+            if _port_free(base) and _port_free(base + 1):
+                _handed_out_ports.update((base, base + 1))
+                return base
+    raise RuntimeError("could not find two adjacent free ports")
+
+
+def _random_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((LOCALHOST, 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 def udp_port_bound(port: int) -> bool:
@@ -655,6 +703,99 @@ def gnutls_client(
         yield peer
 
 
+# -- libcoap (coap-client-* / coap-server-*, libcoap 4.3.1) ---------------------------------------------------
+#
+# Quirks seen with libcoap 4.3.1 on Debian 12 (both the GnuTLS and the OpenSSL build):
+# * coap-client logs (WARN/ERR lines) go to *stdout*, where the payload also goes without -o; the helper
+#   below always passes -o FILE so that payload and log are apart.
+# * coap-client exits 0 even when the DTLS handshake fails ("cannot send CoAP pdu"); assert on its output.
+# * -k KEY is the PSK as ASCII text, not hex. coap-server -k accepts any client identity with that key.
+# * coap-server -p N binds UDP+TCP on N and N+1 (CoAPs on N+1): use free_port_pair().
+# * Raw public keys (-M FILE: PKCS#8 "PRIVATE KEY" + "PUBLIC KEY" PEM in one file, or SEC1) work in the GnuTLS
+#   build only; neither side pins the peer's key (there is no option for it).
+
+
+@dataclass
+class LibcoapRun:
+    """One finished coap-client run."""
+
+    argv: list[str]
+    returncode: int
+    output: str  # stdout + stderr: libcoap's log lines
+    payload: bytes | None  # what -o FILE received; None if libcoap never wrote the file
+
+    def transcript(self, limit: int = 6000) -> str:
+        """For assertion messages: argv, return code, the output and the payload (each cut to `limit` chars)."""
+        output = self.output if len(self.output) <= limit else "[...]" + self.output[-limit:]
+        payload = repr(self.payload)
+        payload = payload if len(payload) <= limit else payload[:limit] + "[...]"
+        return (f"--- {self.argv[0]} (returncode {self.returncode}) ---\nargv: {' '.join(self.argv)}\n"
+                f"--- output ---\n{output}\n--- payload ---\n{payload}\n")
+
+
+def run_libcoap_client(
+    tls: str,
+    uri: str,
+    *args: str,
+    identity: str | None = None,
+    key: str | None = None,
+    rpk_file: PathLike | None = None,
+    wait: int = 10,
+) -> LibcoapRun:
+    """Run ``coap-client-TLS [-u identity] [-k key] [-M rpk_file] -B wait -o FILE ARGS URI`` to completion.
+
+    `tls` is "gnutls" or "openssl"; `args` are further options (``-m post -e TEXT``, ``-b 64 -f FILE``,
+    ``-s 3 -w``, ``-v 6``); the received payload (all notifications with -s) is returned from -o FILE.
+    PeerError if it does not exit within `wait` + 10 s (it is killed then).
+    """
+    argv = [f"coap-client-{tls}", "-B", str(wait)]
+    if identity is not None:
+        argv += ["-u", identity]
+    if key is not None:
+        argv += ["-k", key]
+    if rpk_file is not None:
+        argv += ["-M", os.fspath(rpk_file)]
+    with tempfile.TemporaryDirectory(prefix="iotdtls-libcoap-") as tmp:
+        out = Path(tmp) / "payload"
+        argv += ["-o", str(out), *args, uri]
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  timeout=wait + 10, check=False)
+        except subprocess.TimeoutExpired as exc:  # subprocess.run has killed it
+            text = (exc.output or b"").decode("utf-8", "replace")
+            raise PeerError(f"{argv[0]} did not exit within {wait + 10}s\nargv: {' '.join(argv)}\n{text}") from None
+        payload = out.read_bytes() if out.exists() else None
+    return LibcoapRun(argv, proc.returncode, proc.stdout.decode("utf-8", "replace"), payload)
+
+
+@contextlib.contextmanager
+def libcoap_server(
+    port: int,
+    tls: str = "gnutls",
+    *,
+    psk_key: str | None = None,
+    rpk_file: PathLike | None = None,
+    verbosity: int | None = None,
+    extra: Sequence[str] = (),
+) -> Iterator[PeerProcess]:
+    """``coap-server-TLS -A 127.0.0.1 -p port [-k psk_key] [-M rpk_file]``: CoAPs on ``port + 1``.
+
+    Ready when UDP port+1 is bound. Get `port` from free_port_pair(). Its default resources include
+    /.well-known/core, / (a banner), /time (observable, every second), /async and /example_data (PUT then
+    GET; blockwise with libcoap's own block handling).
+    """
+    argv = [f"coap-server-{tls}", "-A", LOCALHOST, "-p", str(port)]
+    if psk_key is not None:
+        argv += ["-k", psk_key]
+    if rpk_file is not None:
+        argv += ["-M", os.fspath(rpk_file)]
+    if verbosity is not None:
+        argv += ["-v", str(verbosity)]
+    argv += list(extra)
+    with run_peer(f"coap-server-{tls}", argv, listen_port=port + 1) as peer:
+        yield peer
+
+
 # -- iotdtls-netem (our UDP impairment proxy, used here as a datagram-size recorder) --------------------
 
 
@@ -986,27 +1127,33 @@ __all__ = [
     "LOCALHOST",
     "OPENSSL_ECDSA_CIPHER",
     "OPENSSL_PSK_CIPHER",
+    "LibcoapRun",
     "LineReader",
     "PeerError",
     "PeerProcess",
     "TinyDTLSClient",
     "TinyDTLSServer",
     "datagram_sizes",
+    "free_port_pair",
     "free_udp_port",
     "gnutls_client",
     "gnutls_server",
     "have_gnutls",
     "have_libcoap",
+    "have_libcoap_build",
     "have_openssl",
     "have_tinydtls",
     "have_tshark",
+    "libcoap_server",
     "netem_proxy",
     "openssl_client",
     "openssl_server",
     "require_gnutls",
+    "require_libcoap",
     "require_openssl",
     "require_peer",
     "require_tinydtls",
+    "run_libcoap_client",
     "run_peer",
     "tinydtls_client",
     "udp_port_bound",
