@@ -33,6 +33,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _method(text: str) -> Any:
+    """A request method by name, any case (GET, iPATCH, ...), or by number."""
+    codes = aiocoap.numbers.Code
+    if text.isdigit():
+        try:
+            code = codes(int(text))
+        except ValueError:
+            code = None
+        if code is not None and code.is_request():
+            return code
+    for code in codes:
+        if code.name.lower() == text.lower() and code.is_request():
+            return code
+    raise UsageError(f"unknown method {text!r}")
+
+
 def _content_format(text: str | None) -> Any:
     if text is None:
         return None
@@ -62,10 +78,7 @@ def _print(response: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    try:
-        method = aiocoap.numbers.Code[args.method.upper()]
-    except KeyError:
-        raise UsageError(f"unknown method {args.method!r}") from None
+    method = _method(args.method)
     try:
         credentials = load_credentials(args.credentials)
     except CredentialsLoadError as exc:
