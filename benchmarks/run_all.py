@@ -2,7 +2,8 @@
 
 Run with ``python -m benchmarks.run_all`` (add ``--json FILE`` to also write all figures as JSON).
 Each benchmark prints its own detailed table first; the summary follows: the PSK table, then the public-key
-(ECDHE-ECDSA, raw public keys) tables.  ``--psk-only`` skips the public-key benchmarks.
+(ECDHE-ECDSA, raw public keys) tables, then the CoAPs tables (aiocoap over iotdtls).  ``--psk-only`` runs only the
+three sans-IO PSK benchmarks; ``--no-coap`` skips the CoAPs benchmark (about 65-85 s of the total).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from benchmarks import bench_handshake, bench_pk_handshake, bench_pk_wire, bench_records, bench_wire
 
-__all__ = ["main", "markdown", "pk_markdown"]
+__all__ = ["coap_markdown", "main", "markdown", "pk_markdown"]
 
 
 def _ok(met: bool) -> str:
@@ -101,10 +102,39 @@ def pk_markdown(pk_handshake: dict[str, float], pk_wire: dict[str, Any]) -> str:
     return "\n".join(rows) + f"\n\n_{note}; the P-256 floor is the bare `cryptography` calls of the handshake._"
 
 
+def coap_markdown(coap: dict[str, Any]) -> str:
+    """The CoAPs summary: requests/s against plain CoAP, then the concurrent-client sweeps."""
+    from benchmarks import bench_coap
+
+    rates = coap["rates"]
+    rows = ["| CoAP CON POST, 64 B CBOR, 127.0.0.1, one process | " + " | ".join(
+        label for _key, label, _n, _w in bench_coap.MODES) + " |", "|---|" + "---:|" * len(bench_coap.MODES)]
+    for name in ("coaps iotdtls", "coap udp6", "coap simple6"):
+        rows.append(f"| {name} | " + " | ".join(f"{rates[f'{name} {m} req_per_s']:.0f}/s"
+                                               for m, _l, _n, _w in bench_coap.MODES) + " |")
+    for plain in ("coap udp6", "coap simple6"):
+        ratios = [rates[f"coaps vs {plain} {m} ratio"] for m, _l, _n, _w in bench_coap.MODES]
+        rows.append(f"| coaps / {plain} (DTLS cost) | "
+                    + " | ".join(f"{r:.2f}x ({(1 - r) * 100:+.0f} %)" for r in ratios) + " |")
+    rows += ["", "| Concurrent CoAPs clients | N | handshakes ok | time | sessions/s | requests ok | time "
+             "| server CPU per handshake | RSS per session |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    labels = {key: label for key, label, _k, _m, _r in bench_coap.SWEEPS}
+    for key, results in coap["clients"].items():
+        for r in results:
+            rows.append(f"| {labels[key]} | {r['clients']} | {r['handshake_ok']} | {r['handshake_s']:.2f} s "
+                        f"| {r['handshakes_per_s']:.0f} | {r['request_ok']} | {r['request_s']:.2f} s "
+                        f"| {r['server_cpu_per_handshake_s'] * 1e6:.0f} us "
+                        f"| {r['server_rss_growth_per_session'] / 1024:.1f} KiB |")
+    return "\n".join(rows) + ("\n\n_coaps / plain: median of per-round rate ratios; server CPU per handshake "
+                              "includes the first request; RSS from /proc/self/statm of the server process._")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
-    parser.add_argument("--psk-only", action="store_true", help="skip the public-key (ECDHE-ECDSA) benchmarks")
+    parser.add_argument("--psk-only", action="store_true",
+                        help="only the three sans-IO PSK benchmarks (no public-key, no CoAPs benchmarks)")
+    parser.add_argument("--no-coap", action="store_true", help="skip the CoAPs (aiocoap) benchmark")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     results: dict[str, Any] = {}
@@ -115,10 +145,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         results[name] = bench.main()
         print(f"  ({name}: {time.perf_counter() - t0:.1f} s)\n")
+    if not (args.psk_only or args.no_coap):
+        from benchmarks import bench_coap  # imports aiocoap
+
+        t0 = time.perf_counter()
+        results["coap"] = bench_coap.main([])
+        print(f"  (coap: {time.perf_counter() - t0:.1f} s)\n")
     print(markdown(results["records"], results["handshake"], results["wire"]))
     if not args.psk_only:
         print()
         print(pk_markdown(results["pk_handshake"], results["pk_wire"]))
+    if "coap" in results:
+        print()
+        print(coap_markdown(results["coap"]))
     print(f"\n(total {time.perf_counter() - started:.1f} s)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

@@ -53,12 +53,15 @@ async def client_context(credentials: Credentials = None, *, config: DTLSConfigu
 
 async def server_context(site: Any, bind: tuple[str, int] | None = None, credentials: Credentials = None, *,
                          config: DTLSConfiguration | None = None, max_sessions: int = 10000,
-                         max_handshakes: int = 100, loggername: str = "coap-server") -> Context:
+                         max_handshakes: int = 1000, receive_buffer: int = 4 << 20,
+                         loggername: str = "coap-server") -> Context:
     """An aiocoap server context serving ``site`` over ``coaps://`` on ``bind`` (default ``("::", 5684)``).
 
     Every PSK (``dtls``) and raw-public-key (``iotdtls-rpk``) entry of ``credentials`` is served at once; a
     request's ``remote.authenticated_claims`` names the entry the client authenticated with. ``config`` gives
-    DTLS settings (mtu, timers, idle_timeout, require_client_auth, a private_key or certificate_chain)."""
+    DTLS settings (mtu, timers, idle_timeout, require_client_auth, a private_key or certificate_chain).
+    ``max_handshakes`` bounds handshakes in progress (more ClientHellos are dropped and retried by the clients);
+    ``receive_buffer`` is the UDP socket buffer asked of the kernel (capped by net.core.rmem_max)."""
     register()
     cmap = load_credentials(credentials)
     dtls = server_config(cmap, replace(config or DTLSConfiguration(is_client=False), is_client=False))
@@ -69,7 +72,7 @@ async def server_context(site: Any, bind: tuple[str, int] | None = None, credent
 
     async def make(mman: Any) -> IotdtlsServerTransport:
         return await IotdtlsServerTransport.create(mman, bind, dtls, cmap, log, max_sessions=max_sessions,
-                                                   max_handshakes=max_handshakes)
+                                                   max_handshakes=max_handshakes, receive_buffer=receive_buffer)
 
     await ctx._append_tokenmanaged_messagemanaged_transport(make)
     return ctx

@@ -4,7 +4,9 @@ front, one aiocoap remote per authenticated peer with its ``authenticated_claims
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from typing import Any
 
 from aiocoap import Message, error, interfaces
@@ -78,11 +80,17 @@ class IotdtlsServerTransport(interfaces.MessageInterface, asyncio.DatagramProtoc
     @classmethod
     async def create(cls, mman: Any, bind: tuple[str, int] | None, config: DTLSConfiguration,
                      credentials: CredentialsMap, log: logging.Logger, *, max_sessions: int = 10000,
-                     max_handshakes: int = 100) -> IotdtlsServerTransport:
+                     max_handshakes: int = 1000, receive_buffer: int = 4 << 20) -> IotdtlsServerTransport:
         host, port = bind or ("::", COAPS_PORT)
         self = cls(mman, config, credentials, log, max_sessions=max_sessions, max_handshakes=max_handshakes)
         loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
+        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
+        if receive_buffer:
+            # a burst of handshakes (a fleet coming back after a gateway restart) overflows the kernel's default
+            # ~200 KB socket buffer long before the CPU is busy; the kernel caps this at net.core.rmem_max
+            sock = transport.get_extra_info("socket")
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         return self
 
     @property
