@@ -1,0 +1,1 @@
+"""iotdtls_mp: a DTLS 1.2 PSK + CoAP client for MicroPython devices."""

@@ -1,0 +1,257 @@
+# Minimal CoAP (RFC 7252) message codec and a sans-IO confirmable exchange. MicroPython >= 1.22.
+# Times are seconds (int or float) supplied by the caller; randomness comes from an injected rand(n) -> bytes.
+import struct
+
+CON = 0
+NON = 1
+ACK = 2
+RST = 3
+
+EMPTY = 0
+GET = 1
+POST = 2
+PUT = 3
+DELETE = 4
+CREATED = 65
+DELETED = 66
+VALID = 67
+CHANGED = 68
+CONTENT = 69
+
+IF_MATCH = 1
+URI_HOST = 3
+ETAG = 4
+OBSERVE = 6
+URI_PORT = 7
+URI_PATH = 11
+CONTENT_FORMAT = 12
+MAX_AGE = 14
+URI_QUERY = 15
+ACCEPT = 17
+
+CF_TEXT = 0
+CF_JSON = 50
+CF_CBOR = 60
+
+ACK_TIMEOUT = 2
+ACK_RANDOM_FACTOR = 1.5
+MAX_RETRANSMIT = 4
+
+
+def code_str(code: int) -> str:
+    return f"{code >> 5}.{code & 31:02d}"
+
+
+def uint_opt(v: int) -> bytes:
+    n = 0
+    t = v
+    while t:
+        n += 1
+        t >>= 8
+    return v.to_bytes(n, "big") if n else b""
+
+
+def opt_uint(b) -> int:
+    return int.from_bytes(b, "big") if b else 0
+
+
+def uri_path(path: str) -> list:
+    return [(URI_PATH, s.encode()) for s in path.split("/") if s]
+
+
+def uri_host(host: str) -> list:
+    return [(URI_HOST, host.encode())]
+
+
+def content_format(cf: int) -> list:
+    return [(CONTENT_FORMAT, uint_opt(cf))]
+
+
+def observe(v: int) -> list:
+    return [(OBSERVE, uint_opt(v))]
+
+
+def _ext(out, n):
+    if n < 13:
+        return n
+    if n < 269:
+        out.append(n - 13)
+        return 13
+    if n < 65805:
+        out.extend(struct.pack(">H", n - 269))
+        return 14
+    raise ValueError("option too large")
+
+
+def encode(mtype: int, code: int, mid: int, token: bytes = b"", options=(), payload: bytes = b"") -> bytes:
+    if len(token) > 8:
+        raise ValueError("token too long")
+    out = bytearray(struct.pack(">BBH", 0x40 | (mtype << 4) | len(token), code, mid & 0xFFFF))
+    out.extend(token)
+    last = 0
+    for num, val in sorted(options, key=lambda o: o[0]):
+        ext = bytearray()
+        d = _ext(ext, num - last)
+        ln = _ext(ext, len(val))
+        out.append((d << 4) | ln)
+        out.extend(ext)
+        out.extend(val)
+        last = num
+    if payload:
+        out.append(0xFF)
+        out.extend(payload)
+    return bytes(out)
+
+
+class Message:
+    def __init__(self, mtype, code, mid, token=b"", options=None, payload=b""):
+        self.type = mtype
+        self.code = code
+        self.mid = mid
+        self.token = token
+        self.options = options if options is not None else []
+        self.payload = payload
+
+    def encode(self) -> bytes:
+        return encode(self.type, self.code, self.mid, self.token, self.options, self.payload)
+
+    def opt(self, num):
+        return [v for n, v in self.options if n == num]
+
+    def path(self) -> str:
+        return "/".join(str(v, "utf-8") for v in self.opt(URI_PATH))
+
+    def content_format(self):
+        v = self.opt(CONTENT_FORMAT)
+        return opt_uint(v[0]) if v else None
+
+
+def decode(data) -> Message:
+    n = len(data)
+    if n < 4:
+        raise ValueError("short")
+    b0, code, mid = struct.unpack(">BBH", data[:4])
+    if b0 >> 6 != 1:
+        raise ValueError("version")
+    tkl = b0 & 15
+    if tkl > 8:
+        raise ValueError("token length")
+    p = 4 + tkl
+    if p > n:
+        raise ValueError("truncated")
+    if code == 0 and n != 4:
+        raise ValueError("empty message with data")
+    token = bytes(data[4:p])
+    opts = []
+    num = 0
+    payload = b""
+    while p < n:
+        b = data[p]
+        p += 1
+        if b == 0xFF:
+            if p == n:
+                raise ValueError("empty payload")
+            payload = bytes(data[p:])
+            break
+        d = b >> 4
+        ln = b & 15
+        vals = []
+        for x in (d, ln):
+            if x == 13:
+                if p + 1 > n:
+                    raise ValueError("truncated")
+                x = data[p] + 13
+                p += 1
+            elif x == 14:
+                if p + 2 > n:
+                    raise ValueError("truncated")
+                x = ((data[p] << 8) | data[p + 1]) + 269
+                p += 2
+            elif x == 15:
+                raise ValueError("reserved nibble")
+            vals.append(x)
+        num += vals[0]
+        if p + vals[1] > n:
+            raise ValueError("truncated")
+        opts.append((num, bytes(data[p : p + vals[1]])))
+        p += vals[1]
+    return Message(b0 >> 4 & 3, code, mid, token, opts, payload)
+
+
+class Exchange:
+    """One request: CON (retransmitted per RFC 7252 4.2) or NON, waiting for its response.
+
+    state: "wait" (no ACK yet), "sep" (empty ACK seen, awaiting separate response), "done", "failed".
+    On "done", .response is the response Message; on "failed", .error is "timeout" or "reset".
+    """
+
+    def __init__(self, rand, code, options=(), payload=b"", mid=None, token=None, confirmable=True,
+                 token_len=4, separate_timeout=93, non_timeout=93):
+        self.mid = (mid if mid is not None else opt_uint(rand(2))) & 0xFFFF
+        self.token = token if token is not None else bytes(rand(token_len))
+        self.con = confirmable
+        self.msg = encode(CON if confirmable else NON, code, self.mid, self.token, options, payload)
+        r = opt_uint(rand(2)) / 65535
+        self.timeout = ACK_TIMEOUT * (1 + (ACK_RANDOM_FACTOR - 1) * r)
+        self.sep_timeout = separate_timeout
+        self.non_timeout = non_timeout
+        self.retries = 0
+        self.state = "new"
+        self.deadline = None
+        self.response = None
+        self.error = None
+
+    def start(self, now) -> bytes:
+        self.state = "wait"
+        self.deadline = now + (self.timeout if self.con else self.non_timeout)
+        return self.msg
+
+    def done(self) -> bool:
+        return self.state in ("done", "failed")
+
+    def timeout_at(self):
+        return None if self.done() else self.deadline
+
+    def on_timer(self, now):
+        if self.deadline is None or self.done() or now < self.deadline:
+            return None
+        if self.state == "wait" and self.con and self.retries < MAX_RETRANSMIT:
+            self.retries += 1
+            self.timeout *= 2
+            self.deadline += self.timeout
+            return self.msg
+        self.state = "failed"
+        self.error = "timeout"
+        return None
+
+    def _finish(self, m):
+        self.state = "done"
+        self.response = m
+
+    def on_datagram(self, data, now):
+        try:
+            m = decode(data)
+        except ValueError:
+            return None
+        t = m.type
+        if t in (ACK, RST):
+            if m.mid != self.mid or self.state != "wait" or not self.con:
+                return None
+            if t == RST:
+                self.state = "failed"
+                self.error = "reset"
+            elif m.code == EMPTY:
+                self.state = "sep"
+                self.deadline = now + self.sep_timeout
+            elif m.token == self.token:
+                self._finish(m)
+            return None
+        if m.code < 64 or m.token != self.token:
+            return None
+        if self.state in ("wait", "sep"):
+            self._finish(m)
+        elif not (self.response is not None and self.response.mid == m.mid and self.response.type == t):
+            return None
+        if t == CON:
+            return encode(ACK, EMPTY, m.mid)
+        return None
