@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TextIO
 
 from cryptography import x509
@@ -104,6 +104,14 @@ class DTLSConfiguration:
                 raise ValueError("a client needs psk_identity and psk, or a trust store to verify a public-key "
                                  "server, for one of its cipher_suites")
             raise ValueError("a server needs psk_store, or a private_key, for one of its cipher_suites")
+
+    def for_host(self, host: str) -> DTLSConfiguration:
+        """This configuration for connecting to ``host``: with CA certificates in ``trust`` and no
+        ``server_name`` there, a copy whose server certificate must name ``host``; otherwise itself."""
+        trust = self.trust
+        if trust is None or not trust.ca_certificates or trust.server_name is not None:
+            return self
+        return replace(self, trust=replace(trust, server_name=host))
 
     def has_psk(self) -> bool:
         if self.is_client:

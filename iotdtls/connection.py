@@ -387,7 +387,6 @@ class DTLSConnection(HandshakeLayer):
         for data in self._early_data:
             self._events.append(DataReceived(data))
         self._early_data = []
-        self._premaster = b""
         self._peer_key = None
         self._ecdhe_key = None
 

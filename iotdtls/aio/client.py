@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Generator
 from typing import Any, cast
 
@@ -116,10 +115,7 @@ class _Connector:
     async def _open(self) -> ClientSession:
         host, port, config = self._args
         config.is_client = True
-        trust = config.trust
-        if trust is not None and trust.ca_certificates and trust.server_name is None:
-            # a CA-issued server certificate must name the host we connect to
-            config = dataclasses.replace(config, trust=dataclasses.replace(trust, server_name=host))
+        config = config.for_host(host)  # a CA-issued server certificate must name the host we connect to
         loop = asyncio.get_running_loop()
         transport, session = await loop.create_datagram_endpoint(
             lambda: ClientSession(config), remote_addr=(host, port), local_addr=self._local_addr)

@@ -255,11 +255,7 @@ class IotdtlsClientTransport(interfaces.MessageInterface):  # type: ignore[misc]
         key = (host, port, id(credential))
         session = self._pool.get(key)
         if session is None:
-            config = client_config(credential, self._base)
-            if config.trust is not None and config.trust.ca_certificates and config.trust.server_name is None:
-                from dataclasses import replace
-
-                config = replace(config, trust=replace(config.trust, server_name=host))
+            config = client_config(credential, self._base).for_host(host)
             config.validate()
             session = ClientSession(self, host, port, credential, config)
             self._pool[key] = session
