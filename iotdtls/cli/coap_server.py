@@ -1,17 +1,20 @@
 """iotdtls-coap-server: a demo CoAPs site over iotdtls (aiocoap): /.well-known/core, /time (GET, Observe),
-/echo (POST/PUT: the payload back with its content format), /whoami (the caller's authenticated identity)."""
+/echo (POST/PUT: the payload back with its content format), /whoami (the caller's authenticated identity),
+/telemetry (POST a CBOR map: 2.04, printed on stdout as one JSON line with the sender's identity)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import datetime
+import json
 import signal
 import sys
 from typing import Any
 
 import aiocoap
 import aiocoap.resource as resource
+import cbor2
 from aiocoap.credentials import CredentialsLoadError
 from aiocoap.numbers import COAPS_PORT
 from aiocoap.util import hostportsplit
@@ -60,12 +63,33 @@ class EchoResource(resource.Resource):  # type: ignore[misc]
 class WhoAmIResource(resource.Resource):  # type: ignore[misc]
     async def render_get(self, request: Any) -> Any:
         remote = request.remote
-        identity = getattr(remote, "identity", b"")
         claims = list(remote.authenticated_claims)
-        text = identity.decode(errors="replace") if identity else "anonymous"
+        text = _identity_text(remote)
         if claims:
             text += " (" + ", ".join(str(c) for c in claims) + ")"
         return aiocoap.Message(payload=text.encode(), content_format=0)
+
+
+def _identity_text(remote: Any) -> str:
+    identity = getattr(remote, "identity", b"")
+    return identity.decode(errors="replace") if identity else "anonymous"
+
+
+class TelemetryResource(resource.Resource):  # type: ignore[misc]
+    """POST a CBOR map (Content-Format 60): 2.04 Changed, and one JSON line on stdout; anything else 4.00/4.15."""
+
+    async def render_post(self, request: Any) -> Any:
+        if request.opt.content_format != 60:
+            return aiocoap.Message(code=aiocoap.UNSUPPORTED_CONTENT_FORMAT)
+        try:
+            reading = cbor2.loads(request.payload)
+        except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError):
+            return aiocoap.Message(code=aiocoap.BAD_REQUEST, payload=b"not CBOR")
+        if not isinstance(reading, dict):
+            return aiocoap.Message(code=aiocoap.BAD_REQUEST, payload=b"expected a CBOR map")
+        line = {"from": _identity_text(request.remote), "reading": reading}
+        print(json.dumps(line, default=repr, sort_keys=True), flush=True)
+        return aiocoap.Message(code=aiocoap.CHANGED)
 
 
 def build_site(observe_interval: float = 1.0) -> Any:
@@ -74,6 +98,7 @@ def build_site(observe_interval: float = 1.0) -> Any:
     site.add_resource(["time"], TimeResource(observe_interval))
     site.add_resource(["echo"], EchoResource())
     site.add_resource(["whoami"], WhoAmIResource())
+    site.add_resource(["telemetry"], TelemetryResource())
     return site
 
 

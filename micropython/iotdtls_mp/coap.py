@@ -186,13 +186,13 @@ class Exchange:
     """
 
     def __init__(self, rand, code, options=(), payload=b"", mid=None, token=None, confirmable=True,
-                 token_len=4, separate_timeout=93, non_timeout=93):
+                 token_len=4, separate_timeout=93, non_timeout=93, ack_timeout=ACK_TIMEOUT):
         self.mid = (mid if mid is not None else opt_uint(rand(2))) & 0xFFFF
         self.token = token if token is not None else bytes(rand(token_len))
         self.con = confirmable
         self.msg = encode(CON if confirmable else NON, code, self.mid, self.token, options, payload)
         r = opt_uint(rand(2)) / 65535
-        self.timeout = ACK_TIMEOUT * (1 + (ACK_RANDOM_FACTOR - 1) * r)
+        self.timeout = ack_timeout * (1 + (ACK_RANDOM_FACTOR - 1) * r)
         self.sep_timeout = separate_timeout
         self.non_timeout = non_timeout
         self.retries = 0

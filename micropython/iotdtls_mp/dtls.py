@@ -186,11 +186,17 @@ class Client:
     def _send_flight(self):
         dg = b""
         for t, e, p in self._flight:
-            r = self._record(t, p, e)
-            if dg and len(dg) + len(r) > self.mtu:
-                self._out.append(dg)
-                dg = b""
-            dg += r
+            room = self.mtu - (41 if e else 25)  # record header, handshake header, explicit nonce + tag
+            parts = [p]
+            if t == _HS and len(p) - 12 > room > 0:  # fragment the handshake message (RFC 6347 4.2.3)
+                parts = [p[:6] + _b(o, 3) + _b(len(p[12 + o:12 + o + room]), 3) + p[12 + o:12 + o + room]
+                         for o in range(0, len(p) - 12, room)]
+            for q in parts:
+                r = self._record(t, q, e)
+                if dg and len(dg) + len(r) > self.mtu:
+                    self._out.append(dg)
+                    dg = b""
+                dg += r
         self._out.append(dg)
         self._deadline = min(self._now + self._rto, self._start + self.hs_timeout)
 

@@ -1,0 +1,144 @@
+# CoAP over the DTLS PSK client, sans-IO: one DTLS session reused across requests, a new handshake after a fatal
+# alert, a close_notify or a request whose retransmissions all went unanswered, and exponential back-off after
+# failures. Feed datagrams with receive(d, now), send datagrams(), call on_timer(now) at timer().
+from . import coap, dtls
+
+ALERTS = {10: "unexpected_message", 20: "bad_record_mac", 40: "handshake_failure", 47: "illegal_parameter",
+          51: "decrypt_error", 80: "internal_error", 115: "unknown_psk_identity"}
+
+
+def reason(err):
+    """A readable reason for a DTLS client error (alert code, "timeout", "no_ems")."""
+    if isinstance(err, int):
+        return f"fatal alert {err} ({ALERTS.get(err, 'alert')})"
+    return "handshake timeout" if err == "timeout" else str(err)
+
+
+class Session:
+    """Requests one at a time over a DTLS session to one server.
+
+    After request(): busy() until the response or a failure; then ``result`` is ("ok", coap.Message) or
+    ("error", reason). ``failures`` counts consecutive failed requests; delay() is the back-off before the next.
+    """
+
+    def __init__(self, identity, psk, rand, mtu=512, ack_timeout=coap.ACK_TIMEOUT, retransmit_initial=2.0,
+                 retransmit_max=8.0, handshake_timeout=60, backoff_initial=2.0, backoff_max=300.0):
+        self.identity = identity
+        self.psk = psk
+        self.rand = rand
+        self.mtu = mtu
+        self.ack_timeout = ack_timeout
+        self.dtls_args = (retransmit_initial, retransmit_max, handshake_timeout)
+        self.backoff = (backoff_initial, backoff_max)
+        self.conn = None
+        self.ex = None
+        self.req = None
+        self.result = None
+        self.failures = 0
+        self.handshakes = 0
+        self._out = []
+
+    def busy(self):
+        return self.req is not None
+
+    def request(self, now, code, path, payload=b"", content_format=None, confirmable=True):
+        if self.req is not None:
+            raise ValueError("busy")
+        opts = coap.uri_path(path)
+        if content_format is not None:
+            opts += coap.content_format(content_format)
+        self.req = (code, opts, payload, confirmable)
+        self.result = None
+        c = self.conn
+        if c is None or c.closed:
+            r0, rmax, hto = self.dtls_args
+            c = self.conn = dtls.Client(self.identity, self.psk, self.rand, self.mtu, r0, rmax, hto)
+            self.handshakes += 1
+            c.connect(now)
+        self._step(now)
+
+    def receive(self, d, now):
+        if self.conn is not None:
+            self.conn.receive(d, now)
+            self._step(now)
+
+    def timer(self):
+        t = self.conn.timer() if self.conn is not None else None
+        e = self.ex.timeout_at() if self.ex is not None else None
+        if t is None or (e is not None and e < t):
+            return e
+        return t
+
+    def on_timer(self, now):
+        c = self.conn
+        if c is None:
+            return
+        c.on_timer(now)
+        if self.ex is not None and not c.closed:
+            m = self.ex.on_timer(now)
+            if m is not None:
+                c.send(m)
+        self._step(now)
+
+    def datagrams(self):
+        if self.conn is not None:
+            self._out += self.conn.datagrams()
+        out, self._out = self._out, []
+        return out
+
+    def abort(self, why):
+        """Give up the pending request (e.g. the socket failed) and drop the session."""
+        self.drop()
+        if self.req is not None:
+            self._done(("error", why))
+
+    def drop(self):
+        """Close the session (close_notify if established); the next request handshakes again."""
+        if self.conn is not None:
+            self.conn.close()
+            self._out += self.conn.datagrams()
+            self.conn = None
+        self.ex = None
+
+    def delay(self):
+        """Seconds to wait before the next attempt: 0 after a success, else exponential with +-25% jitter."""
+        if not self.failures:
+            return 0
+        b0, bmax = self.backoff
+        d = min(b0 * 2 ** (self.failures - 1), bmax)
+        return d * (0.75 + self.rand(1)[0] / 510)
+
+    def _done(self, result):
+        self.result = result
+        self.req = None
+        self.ex = None
+        self.failures = 0 if result[0] == "ok" else self.failures + 1
+
+    def _step(self, now):
+        c = self.conn
+        if c is None:
+            return
+        if c.closed:
+            self._out += c.datagrams()
+            self.conn = None
+            if self.req is not None:
+                self._done(("error", reason(c.error) if c.error is not None else "closed by server"))
+            return
+        if not c.established or self.req is None:
+            return
+        ex = self.ex
+        if ex is None:
+            code, opts, payload, con = self.req
+            ex = self.ex = coap.Exchange(self.rand, code, opts, payload, confirmable=con,
+                                         ack_timeout=self.ack_timeout)
+            c.send(ex.start(now))
+        for d in c.recv():
+            m = ex.on_datagram(d, now)
+            if m is not None:
+                c.send(m)
+        if ex.state == "done":
+            self._done(("ok", ex.response))
+        elif ex.state == "failed":
+            if ex.error == "timeout":
+                self.drop()  # every retransmission went unanswered: the server may have lost the session
+            self._done(("error", "no response" if ex.error == "timeout" else "reset by server"))

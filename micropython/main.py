@@ -1,0 +1,261 @@
+# iotdtls device firmware entry point: posts CBOR telemetry over CoAPs (DTLS 1.2 PSK) to a gateway.
+#
+# On a board this runs at boot and loops forever. On the unix port (or CPython):
+#     micropython main.py config.json --count N
+# posts N readings, prints one line per response with its CoAP code, exits 0 when all were answered.
+# config.json: {"host", "port", "identity", "psk" (hex), "path" (default "telemetry"), "interval" (s)}; optional
+# "method" ("POST" or "PUT"), "mtu", "tries" (attempts per reading with --count), "wifi_ssid"/"wifi_password"
+# (boards), "ack_timeout", "retransmit_initial", "handshake_timeout", "backoff_max" (seconds).
+import json
+import socket
+import sys
+import time
+from binascii import unhexlify
+
+from iotdtls_mp import cbor, coap, coaps
+
+try:
+    from os import urandom
+except ImportError:  # ports without os.urandom (the webassembly port): random, seeded by the port or runner
+    import random
+
+    def urandom(n):
+        return bytes(random.getrandbits(8) for _ in range(n))
+
+try:
+    from time import ticks_diff, ticks_ms
+except ImportError:  # CPython
+    def ticks_ms():
+        return int(time.monotonic() * 1000)
+
+    def ticks_diff(a, b):
+        return a - b
+
+
+class Clock:
+    """Seconds since the last rebase(): small numbers, so single-precision floats stay exact enough."""
+
+    def __init__(self):
+        self.base = ticks_ms()
+
+    def __call__(self):
+        return ticks_diff(ticks_ms(), self.base) / 1000
+
+    def rebase(self):
+        t = self()
+        self.base = ticks_ms()
+        return t
+
+
+def load_config(path):
+    with open(path) as f:
+        cfg = json.load(f)
+    for k in ("host", "port", "identity", "psk"):
+        if k not in cfg:
+            raise ValueError("config: missing " + k)
+    cfg["psk_bytes"] = unhexlify(cfg["psk"])
+    if not cfg["psk_bytes"]:
+        raise ValueError("config: empty psk")
+    cfg.setdefault("path", "telemetry")
+    cfg.setdefault("interval", 60)
+    return cfg
+
+
+def sensor():
+    """A temperature in degrees C where the board has a sensor, else None."""
+    try:
+        if sys.platform == "rp2":
+            import machine
+            v = machine.ADC(4).read_u16() * 3.3 / 65535
+            return round(27 - (v - 0.706) / 0.001721, 1)
+        if sys.platform == "esp32":
+            import esp32
+            if hasattr(esp32, "mcu_temperature"):
+                return esp32.mcu_temperature()
+            return round((esp32.raw_temperature() - 32) / 1.8, 1)
+    except Exception:
+        pass
+    return None
+
+
+def reading(n, uptime):
+    r = {"uptime": int(uptime), "seq": n}
+    t = sensor()
+    if t is not None:
+        r["temp"] = t
+    return cbor.dumps(r)
+
+
+def wifi(cfg):
+    if "wifi_ssid" not in cfg:
+        return
+    import network
+    w = network.WLAN(network.STA_IF)
+    w.active(True)
+    if not w.isconnected():
+        w.connect(cfg["wifi_ssid"], cfg.get("wifi_password", ""))
+        for _ in range(200):
+            if w.isconnected():
+                break
+            time.sleep_ms(100)
+
+
+def _timed_out(e):
+    return isinstance(e, OSError) and ((e.args and e.args[0] in (11, 110, 116)) or "timed out" in str(e))
+
+
+class Device:
+    """The blocking-socket loop around a coaps.Session."""
+
+    def __init__(self, cfg, rand=urandom):
+        self.cfg = cfg
+        self.clock = Clock()
+        self.session = coaps.Session(
+            cfg["identity"].encode(), cfg["psk_bytes"], rand, mtu=cfg.get("mtu", 512),
+            ack_timeout=cfg.get("ack_timeout", coap.ACK_TIMEOUT),
+            retransmit_initial=cfg.get("retransmit_initial", 2.0),
+            handshake_timeout=cfg.get("handshake_timeout", 60), backoff_max=cfg.get("backoff_max", 300))
+        self.addr = None
+        self.sock = None
+        self.started = ticks_ms()
+
+    def _open(self):
+        if self.sock is None:
+            ai = socket.getaddrinfo(self.cfg["host"], self.cfg["port"], 0, socket.SOCK_DGRAM)[0]
+            self.addr = ai[-1]
+            self.sock = socket.socket(ai[0], socket.SOCK_DGRAM)
+
+    def _close_socket(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def _flush(self):
+        for d in self.session.datagrams():
+            self.sock.sendto(d, self.addr)
+
+    def wait(self, until):
+        """Handle datagrams and timers until `until` (clock seconds) or, if None, until the request is done."""
+        s = self.session
+        while True:
+            now = self.clock()
+            t = s.timer()
+            if until is None:
+                if not s.busy():
+                    return
+                end = t
+            else:
+                if now >= until:
+                    return
+                end = until if t is None else min(t, until)
+            if end is not None and end <= now:
+                s.on_timer(now)
+                self._flush()
+                continue
+            self.sock.settimeout(max(0.005, end - now) if end is not None else 1)
+            try:
+                d, a = self.sock.recvfrom(2048)
+            except OSError as e:
+                if not _timed_out(e):
+                    raise
+                continue
+            if a == self.addr:
+                s.receive(d, self.clock())
+                self._flush()
+
+    def post(self, n):
+        """Post reading n; returns ("ok", Message) or ("error", reason)."""
+        s = self.session
+        try:
+            self._open()
+            uptime = ticks_diff(ticks_ms(), self.started) / 1000
+            code = coap.PUT if self.cfg.get("method") == "PUT" else coap.POST
+            s.request(self.clock(), code, self.cfg["path"], reading(n, uptime), coap.CF_CBOR)
+            self._flush()
+            self.wait(None)
+        except OSError as e:
+            s.abort(f"network error {e.args[0] if e.args else e}")
+            self._close_socket()
+        if s.timer() is None:
+            self.clock.rebase()
+        return s.result
+
+    def pause(self, seconds):
+        """Sleep while still answering the server (e.g. its close_notify)."""
+        if self.sock is None:
+            time.sleep(seconds)
+            return
+        try:
+            self.wait(self.clock() + seconds)
+        except OSError:
+            self._close_socket()
+        if self.session.timer() is None:
+            self.clock.rebase()
+
+    def close(self):
+        self.session.drop()
+        if self.sock is not None:
+            try:  # noqa: SIM105 (no contextlib in MicroPython)
+                self._flush()
+            except OSError:
+                pass
+        self._close_socket()
+
+
+def run_count(cfg, count, out=print):
+    """Post `count` readings, each tried up to cfg["tries"] times; 0 when all were answered."""
+    dev = Device(cfg)
+    tries = cfg.get("tries", 3)
+    try:
+        for n in range(1, count + 1):
+            for attempt in range(tries):
+                ok, r = dev.post(n)
+                if ok == "ok":
+                    out(coap.code_str(r.code))
+                    break
+                if attempt + 1 < tries:
+                    dev.pause(dev.session.delay())
+            else:
+                out(f"error: reading {n} not answered after {tries} attempt(s): {r}")
+                return 1
+            if n < count:
+                dev.pause(cfg["interval"])
+    finally:
+        dev.close()
+    return 0
+
+
+def run_forever(cfg):
+    dev = Device(cfg)
+    n = 0
+    while True:
+        n += 1
+        ok, r = dev.post(n)
+        print(n, coap.code_str(r.code) if ok == "ok" else r)
+        dev.pause(cfg["interval"] if ok == "ok" else max(dev.session.delay(), 1))
+
+
+def main(argv):
+    args = argv[1:]
+    count = None
+    if "--count" in args:
+        i = args.index("--count")
+        try:
+            count = int(args[i + 1])
+        except (IndexError, ValueError):
+            print("usage: main.py [CONFIG.json] [--count N]")
+            return 2
+        del args[i:i + 2]
+    try:
+        cfg = load_config(args[0] if args else "config.json")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"error: cannot load config: {e}")
+        return 2
+    if count is None:
+        wifi(cfg)
+        run_forever(cfg)
+    return run_count(cfg, count)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
