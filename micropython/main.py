@@ -246,10 +246,14 @@ def main(argv):
             print("usage: main.py [CONFIG.json] [--count N]")
             return 2
         del args[i:i + 2]
+    path = args[0] if args else "config.json"
     try:
-        cfg = load_config(args[0] if args else "config.json")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        print(f"error: cannot load config: {e}")
+        cfg = load_config(path)
+    except OSError:
+        print(f"error: cannot read config file {path}")
+        return 2
+    except (ValueError, KeyError, TypeError) as e:
+        print(f"error: bad config file {path}: {e}")
         return 2
     if count is None:
         wifi(cfg)

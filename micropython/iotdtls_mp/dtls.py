@@ -148,8 +148,8 @@ class Client:
                     self._deadline = None
             elif t == _APP and epoch == 1 and self.established:
                 self.data.append(frag)
-        if self._old and self._keys and not self.closed and not self.established:
-            self._send_flight()  # the server retransmitted: it lost our last flight
+        if self._old and self._keys and not self.closed and not self.established and now - self._sent >= self.rto0 / 4:
+            self._send_flight()  # the server retransmitted: it lost our last flight (once per server flight)
 
     def _fresh(self, seq):
         if seq > self._top:
@@ -198,6 +198,7 @@ class Client:
                     dg = b""
                 dg += r
         self._out.append(dg)
+        self._sent = self._now
         self._deadline = min(self._now + self._rto, self._start + self.hs_timeout)
 
     def _handshake(self, frag, epoch):

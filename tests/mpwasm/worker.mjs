@@ -1,0 +1,181 @@
+// Worker thread of run.mjs: runs MicroPython (WebAssembly) synchronously, like the unix port's main loop.
+//
+// Network calls from Python go through the registered JS module `_mpwasm_net` (one function, `call(json)`):
+// the request is posted to the main thread, which owns the dgram sockets, and this thread blocks in
+// Atomics.wait until the main thread has written the JSON reply into the shared buffer (see run.mjs).
+import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
+import fs from "node:fs";
+import path from "node:path";
+import { parentPort, workerData } from "node:worker_threads";
+
+const { script, scriptArg, scriptDir, paths, args, heap, seed, ctlSab, dataSab, socketShim, heapReport } = workerData;
+const ctl = new Int32Array(ctlSab); // [0] = reply ready (0/1), [1] = reply length in bytes
+const data = new Uint8Array(dataSab);
+const decoder = new TextDecoder();
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
+
+// ---- stdout/stderr: written synchronously to fd 1/2 so nothing is lost or reordered when the script blocks.
+function writeAll(fd, buf) {
+  let off = 0;
+  while (off < buf.length) {
+    try {
+      off += fs.writeSync(fd, buf, off, buf.length - off);
+    } catch (e) {
+      if (e.code !== "EAGAIN") throw e; // a non-blocking pipe that is full: wait a little and retry
+      Atomics.wait(sleeper, 0, 0, 2);
+    }
+  }
+}
+
+class LineSink {
+  constructor(fd) {
+    this.fd = fd;
+    this.buf = [];
+  }
+  put(bytes) {
+    for (const c of bytes) {
+      this.buf.push(c);
+      if (c === 10) this.flush();
+    }
+  }
+  flush() {
+    if (this.buf.length) {
+      writeAll(this.fd, Uint8Array.from(this.buf));
+      this.buf = [];
+    }
+  }
+}
+const out = new LineSink(1);
+const err = new LineSink(2);
+let capture = null; // when a string, stdout goes here instead (used to read micropython.mem_info())
+
+function rpc(request) {
+  out.flush();
+  err.flush();
+  Atomics.store(ctl, 0, 0);
+  parentPort.postMessage({ type: "rpc", request });
+  while (Atomics.load(ctl, 0) === 0) Atomics.wait(ctl, 0, 0);
+  return decoder.decode(data.slice(0, ctl[1]));
+}
+
+// ---- MicroPython filesystem: host paths are mirrored at the same absolute paths.
+function mkdirs(mp, dir) {
+  let cur = "";
+  for (const part of dir.split("/").filter(Boolean)) {
+    cur += "/" + part;
+    try {
+      mp.FS.mkdir(cur);
+    } catch {
+      // exists
+    }
+  }
+}
+
+const SKIP_DIRS = new Set(["node_modules", "__pycache__", ".git"]);
+
+function copyTree(mp, dir) {
+  mkdirs(mp, dir);
+  for (const ent of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, ent.name);
+    if (ent.isDirectory()) {
+      if (!SKIP_DIRS.has(ent.name) && !ent.name.startsWith(".")) copyTree(mp, p);
+    } else if (ent.isFile() && (ent.name.endsWith(".py") || ent.name.endsWith(".json"))) {
+      mp.FS.writeFile(p, fs.readFileSync(p));
+    }
+  }
+}
+
+// [GC heap total, used] (after a collection if asked), from micropython.mem_info() (the heap grows on demand: split heap)
+function gcInfo(mp, collect) {
+  capture = "";
+  try {
+    mp.runPython(`import gc, micropython\n${collect ? "gc.collect()\n" : ""}micropython.mem_info()`);
+  } catch {
+    // ignore
+  }
+  const m = /GC: total: (\d+), used: (\d+)/.exec(capture);
+  capture = null;
+  return m ? [+m[1], +m[2]] : null;
+}
+
+function pyStr(s) {
+  return JSON.stringify(s); // a JSON string literal is a valid Python string literal for our inputs
+}
+
+async function main() {
+  const mp = await loadMicroPython({
+    heapsize: heap,
+    linebuffer: false,
+    stdout: (b) => {
+      if (capture !== null) capture += decoder.decode(b);
+      else out.put(b);
+    },
+    stderr: (b) => err.put(b),
+  });
+  const initial = heapReport ? gcInfo(mp, true) : null;
+  for (const dir of [scriptDir, ...paths]) copyTree(mp, dir);
+  // ARGS naming existing host files (relative to Node's cwd) are copied to the same path relative to the
+  // MicroPython cwd (= the script's directory); absolute ones to the same absolute path.
+  for (const a of args) {
+    const host = path.resolve(a);
+    if (a && fs.existsSync(host) && fs.statSync(host).isFile()) {
+      const dest = path.isAbsolute(a) ? a : path.resolve(scriptDir, a);
+      mkdirs(mp, path.dirname(dest));
+      mp.FS.writeFile(dest, fs.readFileSync(host));
+    }
+  }
+  mkdirs(mp, "/lib");
+  mp.FS.writeFile("/lib/socket.py", fs.readFileSync(socketShim));
+  mp.registerJsModule("_mpwasm_net", { call: (req) => rpc(req) });
+
+  const driver = `
+import sys, os, random
+random.seed(${seed})
+sys.argv[:] = ${pyStr([scriptArg, ...args])}
+sys.path[:] = ${pyStr([scriptDir, ...paths, ".frozen", "/lib"])}
+os.chdir(${pyStr(scriptDir)})
+_mpwasm_rc = 0
+try:
+    with open(${pyStr(script)}) as _mpwasm_f:
+        _mpwasm_src = _mpwasm_f.read()
+    _mpwasm_code = compile(_mpwasm_src, ${pyStr(script)}, "exec")
+    del _mpwasm_f, _mpwasm_src
+    exec(_mpwasm_code, {"__name__": "__main__", "__file__": ${pyStr(script)}})
+except SystemExit as _mpwasm_e:
+    _mpwasm_v = _mpwasm_e.args[0] if _mpwasm_e.args else None
+    if isinstance(_mpwasm_v, int):
+        _mpwasm_rc = _mpwasm_v & 255
+    elif _mpwasm_v is not None:
+        print(_mpwasm_v, file=sys.stderr)
+        _mpwasm_rc = 1
+except BaseException as _mpwasm_e:
+    sys.print_exception(_mpwasm_e, sys.stderr)
+    _mpwasm_rc = 1
+`;
+  let rc;
+  try {
+    mp.runPython(driver);
+    rc = mp.globals.get("_mpwasm_rc");
+  } catch (e) {
+    out.flush();
+    err.flush();
+    writeAll(2, Buffer.from(`mpwasm: MicroPython failed: ${e && e.name}: ${e && e.message}\n`));
+    rc = 1;
+  }
+  out.flush();
+  err.flush();
+  if (heapReport) {
+    const end = gcInfo(mp, false); // empty added areas are given back by a collection, so look first
+    const m = gcInfo(mp, true);
+    const line = m && end && initial
+      ? `mpwasm-heap: requested=${heap} initial_total=${initial[0]} end_total=${end[0]} used_after_gc=${m[1]}\n`
+      : `mpwasm-heap: unavailable\n`;
+    writeAll(2, Buffer.from(line));
+  }
+  parentPort.postMessage({ type: "exit", code: typeof rc === "number" ? rc : 1 });
+}
+
+main().catch((e) => {
+  writeAll(2, Buffer.from(`mpwasm: worker failed: ${e && e.stack}\n`));
+  parentPort.postMessage({ type: "exit", code: 1 });
+});
