@@ -10,6 +10,7 @@ except ImportError:
 
 ops = 0
 _SBOX = None
+_XT = None
 
 
 def _xt(a):
@@ -39,51 +40,64 @@ def _sbox():
 
 
 def _expand(key):
-    # FIPS-197 5.2, Nk = 4, Nr = 10: 44 words as 176 bytes
+    # FIPS-197 5.2, Nk = 4, Nr = 10: 44 words as 176 bytes, built in place (no garbage)
     s = _SBOX
-    w = bytearray(key)
+    w = bytearray(176)
+    w[:16] = key
     rc = 1
-    for i in range(4, 44):
-        t = w[-4:]
-        if i % 4 == 0:
-            t = bytearray((s[t[1]] ^ rc, s[t[2]], s[t[3]], s[t[0]]))
+    for i in range(16, 176, 4):
+        a = w[i - 4]
+        b = w[i - 3]
+        c = w[i - 2]
+        d = w[i - 1]
+        if i % 16 == 0:
+            e = a
+            a = s[b] ^ rc
+            b = s[c]
+            c = s[d]
+            d = s[e]
             rc = _xt(rc)
-        p = len(w) - 16
-        w.extend(bytes(t[j] ^ w[p + j] for j in range(4)))
+        w[i] = a ^ w[i - 16]
+        w[i + 1] = b ^ w[i - 15]
+        w[i + 2] = c ^ w[i - 14]
+        w[i + 3] = d ^ w[i - 13]
     return bytes(w)
+
+
+# SubBytes + ShiftRows: state byte j of the result comes from byte _SR[j] (column c + row i of the input)
+_SR = bytes((4 * (c + i) + i) & 15 for c in range(4) for i in range(4))
 
 
 class _Soft:
     def __init__(self, key):
-        global _SBOX
+        global _SBOX, _XT
         if len(key) != 16:
             raise ValueError("AES-128 key")
         if _SBOX is None:
             _SBOX = _sbox()
+            _XT = bytes(_xt(a) & 0xFF for a in range(256))
         self.rk = _expand(key)
+        self.st = bytearray(16)
+        self.t = bytearray(16)
 
     def encrypt(self, block):
-        s = _SBOX
-        rk = self.rk
-        st = bytearray(16)
+        s, x, sr, rk, st, t = _SBOX, _XT, _SR, self.rk, self.st, self.t
         for i in range(16):
             st[i] = block[i] ^ rk[i]
-        for r in range(1, 11):
-            # SubBytes + ShiftRows: byte (row i, column c) comes from column c + i
-            t = bytearray(16)
-            for c in range(4):
-                for i in range(4):
-                    t[4 * c + i] = s[st[(4 * (c + i) + i) & 15]]
-            if r < 10:
-                # MixColumns
+        for k in range(16, 176, 16):
+            for j in range(16):
+                t[j] = s[st[sr[j]]]
+            if k < 160:  # MixColumns
                 for c in range(0, 16, 4):
-                    a0, a1, a2, a3 = t[c], t[c + 1], t[c + 2], t[c + 3]
+                    a0 = t[c]  # one name at a time: a 4-tuple assignment allocates in MicroPython
+                    a1 = t[c + 1]
+                    a2 = t[c + 2]
+                    a3 = t[c + 3]
                     e = a0 ^ a1 ^ a2 ^ a3
-                    t[c] = a0 ^ e ^ _xt(a0 ^ a1)
-                    t[c + 1] = a1 ^ e ^ _xt(a1 ^ a2)
-                    t[c + 2] = a2 ^ e ^ _xt(a2 ^ a3)
-                    t[c + 3] = a3 ^ e ^ _xt(a3 ^ a0)
-            k = 16 * r
+                    t[c] = a0 ^ e ^ x[a0 ^ a1]
+                    t[c + 1] = a1 ^ e ^ x[a1 ^ a2]
+                    t[c + 2] = a2 ^ e ^ x[a2 ^ a3]
+                    t[c + 3] = a3 ^ e ^ x[a3 ^ a0]
             for i in range(16):
                 st[i] = t[i] ^ rk[k + i]
         return bytes(st)

@@ -6,11 +6,16 @@ import hashlib
 def hmac_sha256(key, data):
     if len(key) > 64:
         key = hashlib.sha256(key).digest()
-    key = key + bytes(64 - len(key))
-    h = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    k = bytearray(64)
+    k[:len(key)] = key
+    for i in range(64):
+        k[i] ^= 0x36  # ipad
+    h = hashlib.sha256(k)
     h.update(data)
     d = h.digest()
-    h = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    for i in range(64):
+        k[i] ^= 0x6A  # 0x36 ^ 0x5C: ipad -> opad
+    h = hashlib.sha256(k)
     h.update(d)
     return h.digest()
 

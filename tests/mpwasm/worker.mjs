@@ -79,7 +79,7 @@ function copyTree(mp, dir) {
     const p = path.join(dir, ent.name);
     if (ent.isDirectory()) {
       if (!SKIP_DIRS.has(ent.name) && !ent.name.startsWith(".")) copyTree(mp, p);
-    } else if (ent.isFile() && (ent.name.endsWith(".py") || ent.name.endsWith(".json"))) {
+    } else if (ent.isFile() && (ent.name.endsWith(".py") || ent.name.endsWith(".mpy") || ent.name.endsWith(".json"))) {
       mp.FS.writeFile(p, fs.readFileSync(p));
     }
   }
@@ -140,7 +140,8 @@ try:
         _mpwasm_src = _mpwasm_f.read()
     _mpwasm_code = compile(_mpwasm_src, ${pyStr(script)}, "exec")
     del _mpwasm_f, _mpwasm_src
-    exec(_mpwasm_code, {"__name__": "__main__", "__file__": ${pyStr(script)}})
+    _mpwasm_ns = {"__name__": "__main__", "__file__": ${pyStr(script)}}
+    exec(_mpwasm_code, _mpwasm_ns)
 except SystemExit as _mpwasm_e:
     _mpwasm_v = _mpwasm_e.args[0] if _mpwasm_e.args else None
     if isinstance(_mpwasm_v, int):
@@ -152,9 +153,23 @@ except BaseException as _mpwasm_e:
     sys.print_exception(_mpwasm_e, sys.stderr)
     _mpwasm_rc = 1
 `;
+  // A script may define mpwasm_step(): after the script, it is called in separate top-level runs while it
+  // returns True. This port collects garbage only between top-level runs (inside one, stale stack memory keeps
+  // garbage alive), so heap measurements step this way.
+  const stepper = `
+try:
+    _mpwasm_more = _mpwasm_rc == 0 and "mpwasm_step" in _mpwasm_ns and bool(_mpwasm_ns["mpwasm_step"]())
+except BaseException as _mpwasm_e:
+    sys.print_exception(_mpwasm_e, sys.stderr)
+    _mpwasm_rc = 1
+    _mpwasm_more = False
+`;
   let rc;
   try {
     mp.runPython(driver);
+    do {
+      mp.runPython(stepper);
+    } while (mp.globals.get("_mpwasm_more"));
     rc = mp.globals.get("_mpwasm_rc");
   } catch (e) {
     out.flush();
