@@ -50,12 +50,24 @@ class Clock:
 def load_config(path):
     with open(path) as f:
         cfg = json.load(f)
-    for k in ("host", "port", "identity", "psk"):
+    if not isinstance(cfg, dict):
+        raise ValueError("expected a JSON object")
+    for k, kind in (("host", str), ("port", int), ("identity", str), ("psk", str), ("path", str),
+                    ("method", str), ("wifi_ssid", str), ("wifi_password", str), ("mtu", int), ("tries", int),
+                    ("interval", (int, float)), ("ack_timeout", (int, float)),
+                    ("retransmit_initial", (int, float)), ("handshake_timeout", (int, float)),
+                    ("backoff_max", (int, float))):
         if k not in cfg:
-            raise ValueError("config: missing " + k)
-    cfg["psk_bytes"] = unhexlify(cfg["psk"])
-    if not cfg["psk_bytes"]:
-        raise ValueError("config: empty psk")
+            if k in ("host", "port", "identity", "psk"):
+                raise ValueError("missing " + k)
+        elif not isinstance(cfg[k], kind) or isinstance(cfg[k], bool):
+            raise ValueError("wrong type for " + k)
+    try:
+        cfg["psk_bytes"] = unhexlify(cfg["psk"])
+    except ValueError:
+        raise ValueError("psk is not hex") from None
+    if not cfg["psk_bytes"] or not cfg["identity"]:
+        raise ValueError("empty psk or identity")
     cfg.setdefault("path", "telemetry")
     cfg.setdefault("interval", 60)
     return cfg
@@ -173,6 +185,8 @@ class Device:
             s.request(self.clock(), code, self.cfg["path"], reading(n, uptime), coap.CF_CBOR)
             self._flush()
             self.wait(None)
+        except ValueError as e:  # a reading too large for the configured mtu
+            return ("error", str(e))
         except OSError as e:
             s.abort(f"network error {e.args[0] if e.args else e}")
             self._close_socket()

@@ -47,7 +47,11 @@ class Session:
         opts = coap.uri_path(path)
         if content_format is not None:
             opts += coap.content_format(content_format)
-        self.req = (code, opts, payload, confirmable)
+        ex = coap.Exchange(self.rand, code, opts, payload, confirmable=confirmable, ack_timeout=self.ack_timeout)
+        if len(ex.msg) > self.mtu - 29:  # record header 13 + explicit nonce 8 + tag 8
+            raise ValueError("request larger than the mtu allows")
+        self.req = ex
+        self.ex = None
         self.result = None
         c = self.conn
         if c is None or c.closed:
@@ -64,7 +68,7 @@ class Session:
 
     def timer(self):
         t = self.conn.timer() if self.conn is not None else None
-        e = self.ex.timeout_at() if self.ex is not None else None
+        e = self.ex.timeout_at() if self.req is not None and self.ex is not None else None
         if t is None or (e is not None and e < t):
             return e
         return t
@@ -74,7 +78,7 @@ class Session:
         if c is None:
             return
         c.on_timer(now)
-        if self.ex is not None and not c.closed:
+        if self.req is not None and self.ex is not None and not c.closed:
             m = self.ex.on_timer(now)
             if m is not None:
                 c.send(m)
@@ -110,8 +114,7 @@ class Session:
 
     def _done(self, result):
         self.result = result
-        self.req = None
-        self.ex = None
+        self.req = None  # self.ex stays: it answers repeats of its response
         self.failures = 0 if result[0] == "ok" else self.failures + 1
 
     def _step(self, now):
@@ -124,13 +127,17 @@ class Session:
             if self.req is not None:
                 self._done(("error", reason(c.error) if c.error is not None else "closed by server"))
             return
-        if not c.established or self.req is None:
+        if not c.established:
             return
         ex = self.ex
+        if self.req is None:  # idle: a repeated separate response still gets its ACK (RFC 7252 4.5)
+            for d in c.recv():
+                m = ex.on_datagram(d, now) if ex is not None else None
+                if m is not None:
+                    c.send(m)
+            return
         if ex is None:
-            code, opts, payload, con = self.req
-            ex = self.ex = coap.Exchange(self.rand, code, opts, payload, confirmable=con,
-                                         ack_timeout=self.ack_timeout)
+            ex = self.ex = self.req
             c.send(ex.start(now))
         for d in c.recv():
             m = ex.on_datagram(d, now)
