@@ -3,11 +3,15 @@
 // Network calls from Python go through the registered JS module `_mpwasm_net` (one function, `call(json)`):
 // the request is posted to the main thread, which owns the dgram sockets, and this thread blocks in
 // Atomics.wait until the main thread has written the JSON reply into the shared buffer (see run.mjs).
-import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
 import fs from "node:fs";
 import path from "node:path";
 import { parentPort, workerData } from "node:worker_threads";
 
+// MPWASM_MICROPYTHON=1.23 picks the older build installed beside the default one (package.json aliases).
+const version = process.env.MPWASM_MICROPYTHON;
+const { loadMicroPython } = await import(
+  version ? `micropython-${version}` : "@micropython/micropython-webassembly-pyscript"
+);
 const { script, scriptArg, scriptDir, paths, args, heap, seed, ctlSab, dataSab, socketShim, heapReport } = workerData;
 const ctl = new Int32Array(ctlSab); // [0] = reply ready (0/1), [1] = reply length in bytes
 const data = new Uint8Array(dataSab);
