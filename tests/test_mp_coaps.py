@@ -205,38 +205,65 @@ def test_five_requests_one_handshake():
 
 
 def test_server_state_lost_then_rehandshake():
+    # a restarted gateway drops the client's records silently (RFC 6347 4.1.2.1): after STALE_RETRIES
+    # retransmissions with not one record heard, the session handshakes again and the same request goes out anew
     net = Net()
     assert net.request()[0] == "ok"
-    net.server = net.new_server()  # a restarted gateway: the client's session is unknown there
+    net.server = net.new_server()
     net.sent.clear()
     t0 = net.now = 10.0
-    assert net.request() == ("error", "no response")
-    times = net.app_sent()
-    assert len(times) == 1 + MAX_RETRANSMIT  # the CON and its retransmissions, all dropped by the new server
-    assert times[0] == t0
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert ACK_TIMEOUT <= gaps[0] <= ACK_TIMEOUT * 1.5
-    for i, g in enumerate(gaps):
-        assert g == pytest.approx(gaps[0] * 2**i)
-    assert net.now == pytest.approx(t0 + 31 * gaps[0])  # gave up after the last (doubled) timeout
-    assert [d[0] for _, d in net.sent[len(times):]] == [ALERT]  # the dropped session's close_notify
-    s = net.session
-    assert s.failures == 1 and s.conn is None and not s.busy()
     ok, m = net.request()
     assert ok == "ok" and m.code == coap.CHANGED
+    s = net.session
     assert s.handshakes == 2 and s.failures == 0
+    times = net.app_sent()
+    assert len(times) == 1 + coaps.STALE_RETRIES  # the CON and 1 retransmission on the old session, 1 on the new
+    assert times[0] == t0
+    t = times[1] - times[0]
+    assert ACK_TIMEOUT <= t <= ACK_TIMEOUT * 1.5
+    assert times[2] == pytest.approx(t0 + 3 * t)  # instead of the 2nd retransmission: new handshake + request
+    alerts = [d for _, d in net.sent if d[0] == ALERT]
+    assert len(alerts) == 1  # the stale session's close_notify
+
+
+def test_server_alive_but_silent_gets_one_rehandshake_then_no_response():
+    net = Net(mode="silent")
+    assert net.session.handshakes == 0
+    net.sent.clear()
+    assert net.request() == ("error", "no response")
+    s = net.session
+    # the first request made the session (fresh): no re-handshake; all 1 + MAX_RETRANSMIT transmissions
+    assert s.handshakes == 1 and len(net.app_sent()) == 1 + MAX_RETRANSMIT
+    net.mode = "piggyback"
+    assert net.request()[0] == "ok"
+    net.mode = "silent"
+    net.sent.clear()
+    assert net.request() == ("error", "no response")
+    # on an established session: STALE_RETRIES transmissions, a new handshake, then the full CON sequence
+    assert s.handshakes == 3
+    assert len(net.app_sent()) == coaps.STALE_RETRIES + 1 + MAX_RETRANSMIT
+
+
+def test_no_rehandshake_when_the_server_is_heard():
+    # the server's empty ACK (a separate response pending) is a record heard: no stale-session re-handshake
+    net = Net(mode="separate")
+    assert net.request()[0] == "ok"
+    assert net.request()[0] == "ok"
+    assert net.session.handshakes == 1
 
 
 @pytest.mark.parametrize("ack_timeout", [0.3, 1.0])
 def test_ack_timeout_setting(ack_timeout):
-    net = Net(ack_timeout=ack_timeout)
+    net = Net(ack_timeout=ack_timeout, handshake_timeout=20)
     assert net.request()[0] == "ok"
     net.up = False
     net.sent.clear()
-    assert net.request() == ("error", "no response")
+    t0 = net.now
+    assert net.request() == ("error", "handshake timeout")  # the server is gone: the new handshake times out
     times = net.app_sent()
-    assert len(times) == 1 + MAX_RETRANSMIT
+    assert len(times) == coaps.STALE_RETRIES
     assert ack_timeout <= times[1] - times[0] <= ack_timeout * 1.5
+    assert net.now - t0 == pytest.approx(3 * (times[1] - times[0]) + 20)
 
 
 def test_wrong_psk():

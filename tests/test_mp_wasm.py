@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -76,11 +77,15 @@ def config(tmp_path: Path, port: int, **extra: object) -> Path:
     return path
 
 
-def run_device(cfg: Path, count: int, timeout: float = 30.0) -> tuple[subprocess.CompletedProcess[str], float]:
-    """`node run.mjs micropython/main.py CFG --count N` to the end; (result, seconds taken)."""
+def run_device(cfg: Path, count: int, timeout: float = 30.0,
+               micropython: str = "") -> tuple[subprocess.CompletedProcess[str], float]:
+    """`node run.mjs micropython/main.py CFG --count N` to the end; (result, seconds taken).
+
+    micropython="1.23": on MicroPython 1.23.0 (the oldest release of the npm package) instead of 1.27.0."""
     t0 = time.monotonic()
+    env = {**os.environ, "MPWASM_MICROPYTHON": micropython}
     r = subprocess.run(["node", str(RUNNER), MAIN, str(cfg), "--count", str(count)],
-                       capture_output=True, text=True, timeout=timeout, cwd=str(ROOT))  # fmt: skip
+                       capture_output=True, text=True, timeout=timeout, cwd=str(ROOT), env=env)  # fmt: skip
     return r, time.monotonic() - t0
 
 
@@ -123,10 +128,11 @@ def wait_seqs(server: PeerProcess, want: set[int], timeout: float = 3.0) -> list
 # --------------------------------------------------------------------------------------------------
 
 
-def test_three_readings_one_session(tmp_path: Path, creds: Path) -> None:
+@pytest.mark.parametrize("micropython", ["", "1.23"], ids=["mp1.27", "mp1.23"])
+def test_three_readings_one_session(tmp_path: Path, creds: Path, micropython: str) -> None:
     port = free_udp_port()
     with coap_server(port, creds) as server:
-        r, took = run_device(config(tmp_path, port), 3)
+        r, took = run_device(config(tmp_path, port), 3, micropython=micropython)
         assert r.returncode == 0, describe(r, server)
         assert r.stdout == "2.04\n" * 3, describe(r, server)
         got = readings(server, 3)
@@ -135,7 +141,8 @@ def test_three_readings_one_session(tmp_path: Path, creds: Path) -> None:
         assert all(isinstance(m["reading"]["uptime"], int) for m in got)  # type: ignore[index]
         time.sleep(0.2)
         assert sessions(server) == 1, server.transcript()
-    measured(f"plain --count 3: {took:.2f} s (node start + handshake + 3 POSTs, interval 0.2 s)")
+    measured(f"plain --count 3 on MicroPython {micropython or '1.27'}: {took:.2f} s (node start + handshake + "
+             "3 POSTs, interval 0.2 s)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,15 +299,23 @@ def test_server_restart(tmp_path: Path, creds: Path, how: str) -> None:
 
 def test_import_heap(tmp_path: Path) -> None:
     script = tmp_path / "heap.py"
+    # this port frees garbage only between top-level runs: import in one step, measure in the next
     script.write_text(textwrap.dedent("""\
         import gc
         gc.collect()
-        a = gc.mem_alloc()
-        import main
-        gc.collect()
-        b = gc.mem_alloc()
-        print(b - a)
-        print(main.__file__)
+        STATE = [gc.mem_alloc(), 0, None]
+
+
+        def mpwasm_step():
+            STATE[1] += 1
+            if STATE[1] == 1:
+                import main
+                STATE[2] = main.__file__
+                return True
+            gc.collect()
+            print(gc.mem_alloc() - STATE[0])
+            print(STATE[2])
+            return False
     """))  # fmt: skip
     r = subprocess.run(["node", str(RUNNER), "--path", "micropython", str(script)],
                        capture_output=True, text=True, timeout=30, cwd=str(ROOT))  # fmt: skip
@@ -308,7 +323,7 @@ def test_import_heap(tmp_path: Path) -> None:
     used, where = r.stdout.splitlines()
     assert where.endswith("/micropython/main.py"), where
     measured(f"heap taken by `import main` (from .py source, MicroPython 1.27 wasm): {int(used)} bytes")
-    assert 0 < int(used) < 64 * 1024
+    assert 0 < int(used) < 40 * 1024  # ~32 KB measured with 1.27
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@
 # failures. Feed datagrams with receive(d, now), send datagrams(), call on_timer(now) at timer().
 from . import coap, dtls
 
+# A request retransmitted this often with not one record heard from the server on an established session: the
+# server has probably lost the session (restarted), so handshake again and resend the request, once per request.
+STALE_RETRIES = 2
+
 ALERTS = {10: "unexpected_message", 20: "bad_record_mac", 40: "handshake_failure", 47: "illegal_parameter",
           51: "decrypt_error", 80: "internal_error", 115: "unknown_psk_identity"}
 
@@ -47,19 +51,29 @@ class Session:
         opts = coap.uri_path(path)
         if content_format is not None:
             opts += coap.content_format(content_format)
-        ex = coap.Exchange(self.rand, code, opts, payload, confirmable=confirmable, ack_timeout=self.ack_timeout)
+        self.args = (code, opts, payload, confirmable)
+        ex = self._exchange()
         if len(ex.msg) > self.mtu - 29:  # record header 13 + explicit nonce 8 + tag 8
             raise ValueError("request larger than the mtu allows")
         self.req = ex
         self.ex = None
         self.result = None
+        self.fresh = False  # a new session was made for this request
         c = self.conn
         if c is None or c.closed:
-            r0, rmax, hto = self.dtls_args
-            c = self.conn = dtls.Client(self.identity, self.psk, self.rand, self.mtu, r0, rmax, hto)
-            self.handshakes += 1
-            c.connect(now)
+            self._connect(now)
         self._step(now)
+
+    def _exchange(self):
+        code, opts, payload, con = self.args
+        return coap.Exchange(self.rand, code, opts, payload, confirmable=con, ack_timeout=self.ack_timeout)
+
+    def _connect(self, now):
+        r0, rmax, hto = self.dtls_args
+        self.conn = dtls.Client(self.identity, self.psk, self.rand, self.mtu, r0, rmax, hto)
+        self.handshakes += 1
+        self.fresh = True
+        self.conn.connect(now)
 
     def receive(self, d, now):
         if self.conn is not None:
@@ -78,9 +92,14 @@ class Session:
         if c is None:
             return
         c.on_timer(now)
-        if self.req is not None and self.ex is not None and not c.closed:
-            m = self.ex.on_timer(now)
-            if m is not None:
+        ex = self.ex
+        if self.req is not None and ex is not None and not c.closed:
+            m = ex.on_timer(now)
+            if m is not None and ex.retries >= STALE_RETRIES and c.rx == self.rx0 and not self.fresh:
+                self.drop()  # stale session: handshake again and send the request anew
+                self.req = self._exchange()
+                self._connect(now)
+            elif m is not None:
                 c.send(m)
         self._step(now)
 
@@ -138,6 +157,7 @@ class Session:
             return
         if ex is None:
             ex = self.ex = self.req
+            self.rx0 = c.rx
             c.send(ex.start(now))
         for d in c.recv():
             m = ex.on_datagram(d, now)

@@ -41,6 +41,7 @@ class Client:
         self.closed = False
         self.error = None  # None, an alert code (int) or "timeout"
         self.data = []
+        self.rx = 0  # authenticated records received
         self._out = []
         self._seq = [0, 0]  # next record sequence number per epoch
         self._wepoch = 0
@@ -134,6 +135,7 @@ class Client:
                 if frag is None:
                     continue
                 self._mark(seq)
+                self.rx += 1
             elif epoch != 0 or self.established:
                 continue
             if t == _HS:
