@@ -101,7 +101,10 @@ def reading(n, uptime):
 def wifi(cfg):
     if "wifi_ssid" not in cfg:
         return
-    import network
+    try:
+        import network
+    except ImportError:
+        return
     w = network.WLAN(network.STA_IF)
     w.active(True)
     if not w.isconnected():
@@ -239,14 +242,28 @@ def run_count(cfg, count, out=print):
     return 0
 
 
-def run_forever(cfg):
-    dev = Device(cfg)
+def run_forever(cfg, out=print, limit=None):
+    """The board loop: a reading every interval, back-off after failures. A crash (a bug, MemoryError) starts the
+    loop again with a new Device after 10 s instead of leaving the board at the REPL. `limit` is for tests."""
     n = 0
-    while True:
-        n += 1
-        ok, r = dev.post(n)
-        print(n, coap.code_str(r.code) if ok == "ok" else r)
-        dev.pause(cfg["interval"] if ok == "ok" else max(dev.session.delay(), 1))
+    while limit is None or n < limit:
+        dev = Device(cfg)
+        try:
+            while limit is None or n < limit:
+                wifi(cfg)  # no-op when connected (or not a board); rejoins after an outage
+                n += 1
+                ok, r = dev.post(n)
+                out(f"{n} {coap.code_str(r.code)}" if ok == "ok" else f"{n} {r}")
+                dev.pause(cfg["interval"] if ok == "ok" else max(dev.session.delay(), 1))
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            out(f"{n} crashed: {e!r}; restarting the loop")
+            try:  # noqa: SIM105
+                dev.close()
+            except Exception:
+                pass
+            time.sleep(10)
 
 
 def main(argv):
@@ -270,7 +287,6 @@ def main(argv):
         print(f"error: bad config file {path}: {e}")
         return 2
     if count is None:
-        wifi(cfg)
         run_forever(cfg)
     return run_count(cfg, count)
 

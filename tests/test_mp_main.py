@@ -388,3 +388,46 @@ def test_run_count_out_lines(mp_main, monkeypatch):
     out.clear()
     assert mp_main.run_count({"interval": 9, "tries": 2}, 1, out=out.append) == 1
     assert out == ["error: reading 1 not answered after 2 attempt(s): handshake timeout"]
+
+
+def test_run_forever_board_loop(mp_main, monkeypatch):
+    """The board loop: a line per reading, interval after a success, back-off (at least 1 s) after a failure, and
+    a crash restarts the loop with a new Device after 10 s instead of ending it."""
+
+    class Msg:
+        code = 68
+
+    script: list[object] = [("ok", Msg()), ("error", "no response"), RuntimeError("boom"), ("ok", Msg())]
+    pauses: list[float] = []
+    made: list[object] = []
+    slept: list[float] = []
+
+    class FakeSession:
+        def delay(self):
+            return 0.25
+
+    class FakeDevice:
+        def __init__(self, cfg):
+            self.session = FakeSession()
+            self.closed = False
+            made.append(self)
+
+        def post(self, n):
+            step = script.pop(0)
+            if isinstance(step, Exception):
+                raise step
+            return step
+
+        def pause(self, s):
+            pauses.append(s)
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(mp_main, "Device", FakeDevice)
+    monkeypatch.setattr(mp_main.time, "sleep", slept.append)
+    out: list[str] = []
+    mp_main.run_forever({"interval": 7}, out=out.append, limit=4)
+    assert out == ["1 2.04", "2 no response", "3 crashed: RuntimeError('boom'); restarting the loop", "4 2.04"]
+    assert pauses == [7, 1, 7] and slept == [10]
+    assert len(made) == 2 and made[0].closed
