@@ -3,7 +3,6 @@ and a small CoAP responder, with a fake clock and seeded loss, duplication and r
 
 from __future__ import annotations
 
-import itertools
 import random
 import struct
 import sys
