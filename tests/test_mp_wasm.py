@@ -326,5 +326,21 @@ def test_import_heap(tmp_path: Path) -> None:
     assert 0 < int(used) < 40 * 1024  # ~32 KB measured with 1.27
 
 
+
+# --------------------------------------------------------------------------------------------------
+# 7. the heap target of the issue: a handshake + one POST within 32 KiB (benchmarks/bench_mp.py's replay)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_handshake_and_post_heap_within_32_kib(tmp_path: Path) -> None:
+    from benchmarks import bench_mp
+
+    bench_mp.record_transcript(tmp_path / "transcript.json")
+    r = bench_mp.run_device(["transcript.json", "replay"], tmp_path)
+    assert r["ok"], r
+    measured(f"peak heap of handshake + POST (upper bound): {r['peak_live']} B; steps {r['steps']}")
+    assert 0 < r["peak_live"] <= 32 * 1024
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v", "-s"]))
