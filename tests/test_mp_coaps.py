@@ -10,6 +10,7 @@ import sys
 import aiocoap
 import cbor2
 import pytest
+from mp_fixtures import deliver_lossy
 from mp_shim import import_device
 
 from iotdtls import DataReceived, DTLSConfiguration, DTLSServer
@@ -81,14 +82,7 @@ class Net:
         return DTLSServer(cfg)
 
     def _lossy(self, items, out, shuffle):
-        for d in items:
-            if self.rng.random() < self.loss:
-                continue
-            out.append(d)
-            if self.rng.random() < self.dup:
-                out.append(d)
-        if shuffle:
-            self.rng.shuffle(out)
+        deliver_lossy(self.rng, items, out, self.loss, self.dup, shuffle)
 
     def _respond(self, data: bytes) -> None:
         m = aiocoap.Message.decode(data)

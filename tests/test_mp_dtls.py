@@ -6,6 +6,7 @@ import random
 import sys
 
 import pytest
+from mp_fixtures import deliver_lossy
 from mp_shim import import_device
 
 from iotdtls import DataReceived, DTLSConfiguration, DTLSServer
@@ -45,14 +46,7 @@ class Net:
         self.server_data: list[bytes] = []
 
     def _lossy(self, items, out, shuffle):
-        for d in items:
-            if self.rng.random() < self.loss:
-                continue
-            out.append(d)
-            if self.rng.random() < self.dup:
-                out.append(d)
-        if shuffle:
-            self.rng.shuffle(out)
+        deliver_lossy(self.rng, items, out, self.loss, self.dup, shuffle)
 
     def pump(self):
         """Carry datagrams until both sides are quiet."""

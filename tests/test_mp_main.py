@@ -3,24 +3,22 @@ against ``iotdtls.cli.coap_server`` (and through ``iotdtls.cli.netem``), and imp
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import cbor2
 import pytest
-from peers import LOCALHOST, PeerProcess, free_udp_port, netem_proxy, run_peer
+from mp_fixtures import KEY_HEX, telemetry_server, write_credentials
+from peers import LOCALHOST, PeerProcess, free_udp_port, netem_proxy
 
 REPO = Path(__file__).resolve().parent.parent
 MP_DIR = REPO / "micropython"
 MAIN = MP_DIR / "main.py"
-KEY_HEX = "000102030405060708090a0b0c0d0e0f"
 WRONG_HEX = "0f0e0d0c0b0a09080706050403020100"
 
 
@@ -31,17 +29,9 @@ WRONG_HEX = "0f0e0d0c0b0a09080706050403020100"
 
 @pytest.fixture
 def creds(tmp_path: Path) -> Path:
-    path = tmp_path / "credentials.json"
-    path.write_text(json.dumps({":dev1": {"dtls": {"psk": {"hex": KEY_HEX}, "client-identity": {"ascii": "dev1"}}}}))
-    return path
+    return write_credentials(tmp_path)
 
 
-@contextlib.contextmanager
-def coap_server(port: int, creds: Path) -> Iterator[PeerProcess]:
-    argv = [sys.executable, "-m", "iotdtls.cli.coap_server", "--bind", f"{LOCALHOST}:{port}",
-            "--credentials", str(creds), "-v"]  # fmt: skip
-    with run_peer("iotdtls-coap-server", argv, listen_port=port, cwd=str(REPO)) as peer:
-        yield peer
 
 
 def config(tmp_path: Path, port: int, **extra: object) -> Path:
@@ -73,7 +63,7 @@ def sessions(server: PeerProcess) -> int:
 @pytest.mark.interop
 def test_count_3_one_session(tmp_path, creds):
     port = free_udp_port()
-    with coap_server(port, creds) as server:
+    with telemetry_server(port, creds) as server:
         p = run_main(str(config(tmp_path, port)), "--count", "3")
         assert p.returncode == 0, p
         assert p.stdout.splitlines() == ["2.04", "2.04", "2.04"]
@@ -88,7 +78,7 @@ def test_count_3_one_session(tmp_path, creds):
 @pytest.mark.interop
 def test_echo_path_and_put(tmp_path, creds):
     port = free_udp_port()
-    with coap_server(port, creds):
+    with telemetry_server(port, creds):
         p = run_main(str(config(tmp_path, port, path="echo", method="PUT")), "--count", "2")
         assert (p.returncode, p.stdout.splitlines()) == (0, ["2.05", "2.05"]), p
 
@@ -96,7 +86,7 @@ def test_echo_path_and_put(tmp_path, creds):
 @pytest.mark.interop
 def test_wrong_psk(tmp_path, creds):
     port = free_udp_port()
-    with coap_server(port, creds) as server:
+    with telemetry_server(port, creds) as server:
         cfg = config(tmp_path, port, psk=WRONG_HEX, tries=2, backoff_max=0.2, handshake_timeout=5,
                      retransmit_initial=0.5)
         t0 = time.monotonic()
@@ -132,7 +122,7 @@ def test_server_restart_between_readings(tmp_path, creds, how, capsys):
     interval, ack_timeout = 2.0, 0.1  # the interval leaves time to start the new server
     cfg = config(tmp_path, port, interval=interval, ack_timeout=ack_timeout, backoff_max=0.2,
                  retransmit_initial=0.5, handshake_timeout=10, tries=3)
-    with coap_server(port, creds) as first:
+    with telemetry_server(port, creds) as first:
         dev = PeerProcess("main.py", [sys.executable, str(MAIN), str(cfg), "--count", "3"], cwd=str(REPO))
         try:
             assert dev.read_line(10) == "2.04"
@@ -141,7 +131,7 @@ def test_server_restart_between_readings(tmp_path, creds, how, capsys):
             if how == "kill":
                 first.proc.kill()
             first.stop()
-            with coap_server(port, creds) as second:
+            with telemetry_server(port, creds) as second:
                 restarted = time.monotonic() - t1
                 assert restarted < interval, "the new server must be up before reading 2"
                 assert dev.read_line(15) == "2.04"
@@ -171,7 +161,8 @@ def test_loss_30_percent_through_netem(tmp_path, creds, capsys):
     # a reading whose 5 transmissions all go unanswered (p ~ 0.51^5) costs 31 x 0.15 x [1, 1.5] s, then a retry
     cfg = config(tmp_path, proxy_port, ack_timeout=0.15, retransmit_initial=0.3, handshake_timeout=10,
                  backoff_max=0.3, tries=5)
-    with coap_server(port, creds) as server, netem_proxy(proxy_port, port, "--loss", "0.3", "--seed", "7") as netem:
+    with (telemetry_server(port, creds) as server,
+          netem_proxy(proxy_port, port, "--loss", "0.3", "--seed", "7") as netem):
         t0 = time.monotonic()
         p = run_main(str(cfg), "--count", "5", timeout=40)
         elapsed = time.monotonic() - t0

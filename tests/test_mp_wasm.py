@@ -16,10 +16,10 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mp_fixtures import KEY_HEX, telemetry_server, write_credentials
 from peers import LOCALHOST, PeerProcess, datagram_sizes, free_udp_port, netem_proxy, require_peer, run_peer
 
 pytestmark = pytest.mark.interop
@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "tests" / "mpwasm" / "run.mjs"
 NODE_MODULES = ROOT / "tests" / "mpwasm" / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
 MAIN = "micropython/main.py"  # relative to ROOT (the cwd of every run)
-KEY_HEX = "000102030405060708090a0b0c0d0e0f"
 WRONG_HEX = "0f0e0d0c0b0a09080706050403020100"
 SESSION_LINE = "DTLS session with"
 # Device timers scaled down for the lossy runs (the defaults are seconds to minutes).
@@ -55,18 +54,9 @@ def measured(what: str) -> None:
 
 @pytest.fixture
 def creds(tmp_path: Path) -> Path:
-    path = tmp_path / "credentials.json"
-    path.write_text(json.dumps({":dev1": {"dtls": {"psk": {"hex": KEY_HEX}, "client-identity": {"ascii": "dev1"}}}}))
-    return path
+    return write_credentials(tmp_path)
 
 
-@contextlib.contextmanager
-def coap_server(port: int, creds: Path, *extra: str) -> Iterator[PeerProcess]:
-    """`iotdtls-coap-server -v` on 127.0.0.1:port: one JSON line per reading on stdout, sessions on stderr."""
-    argv = [sys.executable, "-m", "iotdtls.cli.coap_server", "--bind", f"{LOCALHOST}:{port}",
-            "--credentials", str(creds), "-v", *extra]  # fmt: skip
-    with run_peer("iotdtls-coap-server", argv, listen_port=port, cwd=str(ROOT)) as peer:
-        yield peer
 
 
 def config(tmp_path: Path, port: int, **extra: object) -> Path:
@@ -131,7 +121,7 @@ def wait_seqs(server: PeerProcess, want: set[int], timeout: float = 3.0) -> list
 @pytest.mark.parametrize("micropython", ["", "1.23"], ids=["mp1.27", "mp1.23"])
 def test_three_readings_one_session(tmp_path: Path, creds: Path, micropython: str) -> None:
     port = free_udp_port()
-    with coap_server(port, creds) as server:
+    with telemetry_server(port, creds) as server:
         r, took = run_device(config(tmp_path, port), 3, micropython=micropython)
         assert r.returncode == 0, describe(r, server)
         assert r.stdout == "2.04\n" * 3, describe(r, server)
@@ -153,7 +143,8 @@ def test_three_readings_one_session(tmp_path: Path, creds: Path, micropython: st
 @pytest.mark.parametrize("seed", LOSS_SEEDS)
 def test_lossy_link(tmp_path: Path, creds: Path, seed: int) -> None:
     port, proxy = free_udp_port(), free_udp_port()
-    with coap_server(port, creds) as server, netem_proxy(proxy, port, "--loss", "0.3", "--seed", str(seed)) as netem:
+    with (telemetry_server(port, creds) as server,
+          netem_proxy(proxy, port, "--loss", "0.3", "--seed", str(seed)) as netem):
         r, took = run_device(config(tmp_path, proxy, **FAST), 5, timeout=40)
         seqs = wait_seqs(server, {1, 2, 3, 4, 5})
         c2s, s2c = datagram_sizes(netem, "c2s"), datagram_sizes(netem, "s2c")
@@ -171,7 +162,7 @@ def test_lossy_link(tmp_path: Path, creds: Path, seed: int) -> None:
 def test_lossless_baseline_through_netem(tmp_path: Path, creds: Path) -> None:
     """The same --count 5 through netem without loss: the datagram counts the lossy runs are compared with."""
     port, proxy = free_udp_port(), free_udp_port()
-    with coap_server(port, creds) as server, netem_proxy(proxy, port) as netem:
+    with telemetry_server(port, creds) as server, netem_proxy(proxy, port) as netem:
         r, took = run_device(config(tmp_path, proxy, **FAST), 5)
         seqs = wait_seqs(server, {1, 2, 3, 4, 5})
         c2s, s2c = datagram_sizes(netem, "c2s"), datagram_sizes(netem, "s2c")
@@ -200,7 +191,7 @@ def _mtu_run(tmp_path: Path, identity: str, mtu: int | None) -> tuple[list[int],
     port, proxy = free_udp_port(), free_udp_port()
     extra = {} if mtu is None else {"mtu": mtu}
     server_args = () if mtu is None else ("--mtu", str(mtu))
-    with coap_server(port, creds, *server_args) as server, netem_proxy(proxy, port) as netem:
+    with telemetry_server(port, creds, *server_args) as server, netem_proxy(proxy, port) as netem:
         r, took = run_device(config(tmp_path, proxy, identity=identity, **extra), 3)
         lines = [json.loads(line) for line in (server.read_line() for _ in range(3))]
         c2s, s2c = datagram_sizes(netem, "c2s"), datagram_sizes(netem, "s2c")
@@ -232,7 +223,7 @@ def test_mtu_128(tmp_path: Path, identity: str) -> None:
 
 def test_wrong_psk(tmp_path: Path, creds: Path) -> None:
     port = free_udp_port()
-    with coap_server(port, creds) as server:
+    with telemetry_server(port, creds) as server:
         # backoff_max caps the back-off between the attempts (2 s, 4 s, ... otherwise)
         r, took = run_device(config(tmp_path, port, psk=WRONG_HEX, tries=2, backoff_max=0.3), 3)
         assert r.returncode == 1, describe(r, server)
@@ -264,7 +255,7 @@ def test_server_restart(tmp_path: Path, creds: Path, how: str) -> None:
     argv = ["node", str(RUNNER), MAIN, str(cfg), "--count", "3"]
     times: list[float] = []
     with contextlib.ExitStack() as stack:
-        first = stack.enter_context(coap_server(port, creds))
+        first = stack.enter_context(telemetry_server(port, creds))
         device = stack.enter_context(run_peer("mpwasm main.py", argv, cwd=str(ROOT)))
         device.expect_line("2.04", timeout=10)
         times.append(time.monotonic())
@@ -273,7 +264,7 @@ def test_server_restart(tmp_path: Path, creds: Path, how: str) -> None:
             first.proc.kill()
         first.stop()
         t_down = time.monotonic()
-        second = stack.enter_context(coap_server(port, creds))
+        second = stack.enter_context(telemetry_server(port, creds))
         restart = time.monotonic() - t_down
         assert restart < interval, f"the server took {restart:.2f} s to come back: not between readings"
         for _ in range(2):
