@@ -115,6 +115,15 @@ def wifi(cfg):
             time.sleep_ms(100)
 
 
+ERRNO = {101: "network unreachable", 111: "connection refused", 113: "no route to host", -2: "unknown host",
+         -3: "name lookup failed"}
+
+
+def network_error(e):
+    n = e.args[0] if e.args else None
+    return f"network error {n} ({ERRNO[n]})" if n in ERRNO else f"network error {n if n is not None else e}"
+
+
 def _timed_out(e):
     return isinstance(e, OSError) and ((e.args and e.args[0] in (11, 110, 116)) or "timed out" in str(e))
 
@@ -130,24 +139,33 @@ class Device:
             ack_timeout=cfg.get("ack_timeout", coap.ACK_TIMEOUT),
             retransmit_initial=cfg.get("retransmit_initial", 2.0),
             handshake_timeout=cfg.get("handshake_timeout", 60), backoff_max=cfg.get("backoff_max", 300))
-        self.addr = None
         self.sock = None
         self.started = ticks_ms()
 
     def _open(self):
+        # a connected UDP socket: the kernel keeps other senders out, and where the OS reports ICMP errors (unix)
+        # a server that is not listening is an immediate error (connection refused) instead of a timeout
         if self.sock is None:
             ai = socket.getaddrinfo(self.cfg["host"], self.cfg["port"], 0, socket.SOCK_DGRAM)[0]
-            self.addr = ai[-1]
-            self.sock = socket.socket(ai[0], socket.SOCK_DGRAM)
+            sock = socket.socket(ai[0], socket.SOCK_DGRAM)
+            try:
+                sock.connect(ai[-1])
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
 
     def _close_socket(self):
+        # a new socket is a new source port: the server would not know the session there (no Connection ID)
+        self.session.drop()
+        self.session.datagrams()
         if self.sock is not None:
             self.sock.close()
             self.sock = None
 
     def _flush(self):
         for d in self.session.datagrams():
-            self.sock.sendto(d, self.addr)
+            self.sock.send(d)
 
     def wait(self, until):
         """Handle datagrams and timers until `until` (clock seconds) or, if None, until the request is done."""
@@ -169,14 +187,13 @@ class Device:
                 continue
             self.sock.settimeout(max(0.005, end - now) if end is not None else 1)
             try:
-                d, a = self.sock.recvfrom(2048)
+                d = self.sock.recv(2048)
             except OSError as e:
                 if not _timed_out(e):
                     raise
                 continue
-            if a == self.addr:
-                s.receive(d, self.clock())
-                self._flush()
+            s.receive(d, self.clock())
+            self._flush()
 
     def post(self, n):
         """Post reading n; returns ("ok", Message) or ("error", reason)."""
@@ -191,21 +208,24 @@ class Device:
         except ValueError as e:  # a reading too large for the configured mtu
             return ("error", str(e))
         except OSError as e:
-            s.abort(f"network error {e.args[0] if e.args else e}")
+            s.abort(network_error(e))
             self._close_socket()
         if s.timer() is None:
             self.clock.rebase()
         return s.result
 
     def pause(self, seconds):
-        """Sleep while still answering the server (e.g. its close_notify)."""
-        if self.sock is None:
-            time.sleep(seconds)
-            return
-        try:
-            self.wait(self.clock() + seconds)
-        except OSError:
-            self._close_socket()
+        """Wait `seconds` while still answering the server (e.g. its close_notify); socket errors (a refused
+        close_notify, Wi-Fi gone) close the socket, and the rest of the time is slept."""
+        end = self.clock() + seconds
+        if self.sock is not None:
+            try:
+                self.wait(end)
+            except OSError:
+                self._close_socket()
+        left = end - self.clock()
+        if left > 0:
+            time.sleep(left)
         if self.session.timer() is None:
             self.clock.rebase()
 
