@@ -49,7 +49,11 @@ class Clock:
 
 def load_config(path):
     with open(path) as f:
-        cfg = json.load(f)
+        return load_config_dict(json.load(f))
+
+
+def load_config_dict(cfg):
+    """Check a config (types, ranges), fill in defaults, add "psk_bytes"."""
     if not isinstance(cfg, dict):
         raise ValueError("expected a JSON object")
     for k, kind in (("host", str), ("port", int), ("identity", str), ("psk", str), ("path", str),
@@ -62,6 +66,13 @@ def load_config(path):
                 raise ValueError("missing " + k)
         elif not isinstance(cfg[k], kind) or isinstance(cfg[k], bool):
             raise ValueError("wrong type for " + k)
+    for k, lo, hi in (("port", 1, 65535), ("mtu", 64, 65535), ("tries", 1, 1000), ("interval", 0, 1e9),
+                      ("ack_timeout", 0.01, 600), ("retransmit_initial", 0.01, 600),
+                      ("handshake_timeout", 0.1, 86400), ("backoff_max", 0, 86400)):
+        if k in cfg and not lo <= cfg[k] <= hi:
+            raise ValueError(f"{k} out of range")
+    if cfg.get("method", "POST") not in ("POST", "PUT"):
+        raise ValueError("method must be POST or PUT")
     try:
         cfg["psk_bytes"] = unhexlify(cfg["psk"])
     except ValueError:
@@ -140,7 +151,15 @@ class Device:
             retransmit_initial=cfg.get("retransmit_initial", 2.0),
             handshake_timeout=cfg.get("handshake_timeout", 60), backoff_max=cfg.get("backoff_max", 300))
         self.sock = None
-        self.started = ticks_ms()
+        self.up_ms = 0  # uptime, summed from tick differences (ticks_ms wraps every ~12 days on boards)
+        self.up_tick = ticks_ms()
+
+    def uptime(self):
+        """Seconds since the Device was made; called at least every few days (each reading), so wrap-safe."""
+        t = ticks_ms()
+        self.up_ms += ticks_diff(t, self.up_tick)
+        self.up_tick = t
+        return self.up_ms // 1000
 
     def _open(self):
         # a connected UDP socket: the kernel keeps other senders out, and where the OS reports ICMP errors (unix)
@@ -200,7 +219,7 @@ class Device:
         s = self.session
         try:
             self._open()
-            uptime = ticks_diff(ticks_ms(), self.started) / 1000
+            uptime = self.uptime()
             code = coap.PUT if self.cfg.get("method") == "PUT" else coap.POST
             s.request(self.clock(), code, self.cfg["path"], reading(n, uptime), coap.CF_CBOR)
             self._flush()

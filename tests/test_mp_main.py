@@ -444,3 +444,25 @@ def test_network_error_text(mp_main):
     assert mp_main.network_error(OSError(-2)) == "network error -2 (unknown host)"
     assert mp_main.network_error(OSError(5)) == "network error 5"
     assert mp_main.network_error(OSError()).startswith("network error ")
+
+
+def test_uptime_survives_tick_wraparound(mp_main, monkeypatch):
+    # MicroPython's ticks_ms wraps at 2**30 ms (~12.4 days); ticks_diff is modular
+    period = 1 << 30
+    now = [period - 5_000]
+    monkeypatch.setattr(mp_main, "ticks_ms", lambda: now[0] % period)
+    monkeypatch.setattr(mp_main, "ticks_diff", lambda a, b: ((a - b + period // 2) % period) - period // 2)
+    dev = mp_main.Device(mp_main.load_config_dict({"host": "127.0.0.1", "port": 9, "identity": "d", "psk": "00"}))
+    seen = []
+    for _ in range(40):  # 40 readings a day apart: more than three wraps
+        now[0] += 86_400_000
+        seen.append(dev.uptime())
+    assert seen == [86_400 * (i + 1) for i in range(40)]
+
+
+@pytest.mark.parametrize("bad", [{"port": 0}, {"port": 70000}, {"mtu": 40}, {"tries": 0}, {"interval": -1},
+                                 {"ack_timeout": 0}, {"method": "GET"}, {"mtu": True}])
+def test_config_ranges(mp_main, bad):
+    cfg = {"host": "h", "port": 5684, "identity": "d", "psk": "00", **bad}
+    with pytest.raises(ValueError):
+        mp_main.load_config_dict(cfg)
