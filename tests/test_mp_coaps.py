@@ -492,4 +492,4 @@ def test_reason_strings():
     assert coaps.reason(115) == "fatal alert 115 (unknown_psk_identity)"
     assert coaps.reason(99) == "fatal alert 99 (alert)"
     assert coaps.reason("timeout") == "handshake timeout"
-    assert coaps.reason("no_ems") == "no_ems"
+    assert coaps.reason("no_ems") == "server without extended master secret (RFC 7627), refused"

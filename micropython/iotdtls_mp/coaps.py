@@ -15,6 +15,8 @@ def reason(err):
     """A readable reason for a DTLS client error (alert code, "timeout", "no_ems")."""
     if isinstance(err, int):
         return f"fatal alert {err} ({ALERTS.get(err, 'alert')})"
+    if err == "no_ems":
+        return "server without extended master secret (RFC 7627), refused"
     return "handshake timeout" if err == "timeout" else str(err)
 
 
