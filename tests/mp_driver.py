@@ -8,6 +8,7 @@ handshake costs on the wire.
 
 from __future__ import annotations
 
+import asyncio
 import select
 import socket
 import sys
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mp_shim import import_device
+
+from iotdtls.netem import Address, Direction, Impairment, NetemProxy
 
 LOCALHOST = "127.0.0.1"
 
@@ -136,52 +139,30 @@ class UdpDriver:
 
 
 class UdpRelay:
-    """A recording UDP relay: clients send to 127.0.0.1:`port`, each is relayed to `target` from its own socket.
+    """A recording UDP relay: iotdtls.netem's NetemProxy with no impairment, on an event loop in a daemon thread.
 
-    ``log`` holds (seconds since start, "c2s"/"s2c", datagram) for every datagram relayed. Runs in a daemon
-    thread between ``__enter__`` and ``__exit__``.
+    Clients send to 127.0.0.1:`port` (known after ``__enter__``); ``log`` holds (seconds since start,
+    "c2s"/"s2c", datagram) for every datagram relayed.
     """
 
     def __init__(self, target_port: int, host: str = LOCALHOST) -> None:
-        self.target = (host, target_port)
-        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.front.bind((LOCALHOST, 0))
-        self.port: int = self.front.getsockname()[1]
         self.log: list[tuple[float, str, bytes]] = []
-        self._back: dict[tuple[str, int], socket.socket] = {}
-        self._client_of: dict[socket.socket, tuple[str, int]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="UdpRelay", daemon=True)
+        self.port = 0
         self.t0 = time.monotonic()
+        self._loop = asyncio.new_event_loop()
+        self._proxy = NetemProxy((host, target_port), Impairment(), observer=self._observe)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="UdpRelay", daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            socks = [self.front, *self._client_of]
-            ready, _, _ = select.select(socks, [], [], 0.05)
-            for s in ready:
-                try:
-                    d, a = s.recvfrom(65535)
-                except OSError:
-                    continue
-                t = time.monotonic() - self.t0
-                if s is self.front:
-                    back = self._back.get(a)
-                    if back is None:
-                        back = self._back[a] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                        back.bind((LOCALHOST, 0))
-                        self._client_of[back] = a
-                    self.log.append((t, "c2s", d))
-                    back.sendto(d, self.target)
-                elif a == self.target:
-                    self.log.append((t, "s2c", d))
-                    self.front.sendto(d, self._client_of[s])
+    def _observe(self, direction: Direction, _client: Address, data: bytes, _delays: list[float]) -> None:
+        self.log.append((time.monotonic() - self.t0, direction, bytes(data)))
 
     def __enter__(self) -> UdpRelay:
         self._thread.start()
+        _, self.port = asyncio.run_coroutine_threadsafe(self._proxy.start(LOCALHOST, 0), self._loop).result(5)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
+        self._loop.call_soon_threadsafe(self._proxy.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(2)
-        for s in [self.front, *self._client_of]:
-            s.close()
+        self._loop.close()
