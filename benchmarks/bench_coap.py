@@ -49,6 +49,7 @@ import cbor2
 from aiocoap import Code, Message
 from aiocoap import resource as coap_resource
 
+from benchmarks.ports import free_port
 from iotdtls.coap import client_context, load_credentials, server_context
 
 __all__ = ["MODES", "SWEEPS", "client_sweeps", "concurrent_clients", "main", "profile", "rates", "sweep",
@@ -71,13 +72,6 @@ def telemetry_payload() -> bytes:
         if len(data) == 64:
             return data
     raise AssertionError("no padding gives 64 bytes")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Echo(coap_resource.Resource):  # type: ignore[misc]
@@ -119,7 +113,7 @@ def quiet() -> None:
 # -- 1. requests per second ------------------------------------------------------------------------------------
 async def _contenders(site: Any) -> tuple[list[Contender], list[Any]]:
     """Start the three servers and INFLIGHT client contexts for each; returns the contenders and every context."""
-    ps, pu, pm = free_port(), free_port(), free_port()
+    ps, pu, pm = free_port(HOST), free_port(HOST), free_port(HOST)
     creds = {f":dev{k}": psk_entry(k) for k in range(INFLIGHT)}
     contexts: list[Any] = [
         await server_context(site, bind=(HOST, ps), credentials=creds),
@@ -361,7 +355,7 @@ async def concurrent_clients(kind: str, n: int, *, timeout: float = 10.0, max_ha
     socket's SO_RCVBUF.  Each phase ends after ``timeout`` seconds; what has not completed by then counts as failed.
     """
     quiet()
-    port = free_port()
+    port = free_port(HOST)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "benchmarks.bench_coap", "--serve", kind, "--port", str(port), "--clients", str(n),
         "--max-handshakes", str(max_handshakes), "--rcvbuf", str(rcvbuf), cwd=ROOT,

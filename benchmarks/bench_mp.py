@@ -34,6 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 MP_DIR = ROOT / "micropython"
 RUNNER = ROOT / "tests" / "mpwasm" / "run.mjs"
@@ -138,15 +140,6 @@ def run_device(args: list[str], cwd: Path) -> dict[str, Any]:
     return result
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def measure(rounds: int = 5) -> dict[str, Any]:
     if shutil.which("node") is None or not (RUNNER.parent / "node_modules").is_dir():
         raise SystemExit("bench_mp: needs node and `npm ci --prefix tests/mpwasm`")
@@ -158,7 +151,7 @@ def measure(rounds: int = 5) -> dict[str, Any]:
         out["import_heap_mpy"] = import_heap(cwd / "mpy", cwd)
         out["transcript"] = record_transcript(cwd / "transcript.json")
         out["replay"] = run_device(["transcript.json", "replay"], cwd)
-        port = _free_port()
+        port = free_port()
         (cwd / "creds.json").write_text(json.dumps(
             {":dev1": {"dtls": {"psk": {"hex": PSK.hex()}, "client-identity": {"ascii": "dev1"}}}}))
         (cwd / "dev.json").write_text(json.dumps(

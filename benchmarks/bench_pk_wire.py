@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
-import socket
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from typing import Any, Final
 from benchmarks import bench_wire
 from benchmarks.bench_handshake import IotPair
 from benchmarks.bench_pk_handshake import CLIENT_KEY, SERVER_KEY, client_config, server_config
+from benchmarks.ports import free_port, udp_bound
 from iotdtls import DTLSConfiguration
 from iotdtls.aio import connect, serve
 from iotdtls.constants import ContentType, HandshakeType
@@ -161,25 +161,6 @@ def iotdtls_in_memory(mtu: int, *, mutual: bool = True, **kw: object) -> Capture
 # --------------------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _udp_bound(port: int) -> bool:
-    suffix = f":{port:04X}"
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        if any(len(f := line.split()) > 1 and f[1].endswith(suffix) for line in lines):
-            return True
-    return False
-
-
 async def _stop(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         proc.terminate()
@@ -191,7 +172,7 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
 
 
 async def _gnutls_serv(keys: Path, mtu: int) -> tuple[asyncio.subprocess.Process, int]:
-    port = _free_port()
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         "gnutls-serv", "--udp", "-p", str(port), "--echo", "--priority", PRIORITY, "--rawpkkeyfile",
         str(keys / "server.key"), "--rawpkfile", str(keys / "server.pub"), "--require-client-cert",
@@ -199,7 +180,7 @@ async def _gnutls_serv(keys: Path, mtu: int) -> tuple[asyncio.subprocess.Process
         stderr=asyncio.subprocess.DEVNULL)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + TIMEOUT
-    while not _udp_bound(port):
+    while not udp_bound(port):
         if proc.returncode is not None or loop.time() > deadline:
             await _stop(proc)
             raise RuntimeError(f"gnutls-serv did not start on port {port}")
