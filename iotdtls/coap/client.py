@@ -17,6 +17,7 @@ from ..connection import DTLSConnection
 from ..errors import DTLSError
 from ..events import ConnectionTerminated, DataReceived, HandshakeCompleted
 from .credentials import client_config
+from .hostinfo import local_hostinfo
 from .sizing import block_size_exp_for_mtu
 
 #: A session that has sent this many datagrams without receiving one authenticated record for STALE_AFTER
@@ -66,10 +67,7 @@ class ClientSession(interfaces.EndpointAddress, asyncio.DatagramProtocol):  # ty
 
     @property
     def hostinfo_local(self) -> str:
-        if self._udp is None:
-            return "unknown"
-        host, port, *_ = self._udp.get_extra_info("sockname")
-        return str(hostportjoin(host, port))
+        return local_hostinfo(self._udp)
 
     @property
     def blockwise_key(self) -> object:

@@ -18,6 +18,7 @@ from ..config import DTLSConfiguration
 from ..events import ConnectionTerminated, DataReceived, HandshakeCompleted
 from ..server import DTLSServer
 from .credentials import claims_for
+from .hostinfo import local_hostinfo
 from .sizing import block_size_exp_for_mtu
 
 Address = Any  # what the UDP socket reports: (host, port[, flowinfo, scope_id])
@@ -95,10 +96,7 @@ class IotdtlsServerTransport(interfaces.MessageInterface, asyncio.DatagramProtoc
 
     @property
     def hostinfo_local(self) -> str:
-        if self._udp is None:
-            return "unknown"
-        host, port, *_ = self._udp.get_extra_info("sockname")
-        return str(hostportjoin(host, port))
+        return local_hostinfo(self._udp)
 
     @property
     def address(self) -> tuple[str, int]:
