@@ -1,6 +1,6 @@
 # CoAP over the DTLS PSK client, sans-IO: one DTLS session reused across requests, a new handshake after a fatal
-# alert, a close_notify or a request whose retransmissions all went unanswered, and exponential back-off after
-# failures. Feed datagrams with receive(d, now), send datagrams(), call on_timer(now) at timer().
+# alert, a close_notify or a request that the server stays silent to (see STALE_RETRIES), and exponential back-off
+# after failures. Feed datagrams with receive(d, now), send datagrams(), call on_timer(now) at timer().
 from . import coap, dtls
 
 # A request retransmitted this often with not one record heard from the server on an established session: the
@@ -37,8 +37,11 @@ class Session:
         self.dtls_args = (retransmit_initial, retransmit_max, handshake_timeout)
         self.backoff = (backoff_initial, backoff_max)
         self.conn = None
-        self.ex = None
-        self.req = None
+        self.req = None  # the pending request's Exchange
+        self.ex = None  # the Exchange on the wire: the pending one once sent, else the last one
+        self.args = None  # the pending request's (code, options, payload, confirmable)
+        self.fresh = False  # the pending request made the current session
+        self.rx0 = 0  # records the session had received when the pending request went out
         self.result = None
         self.failures = 0
         self.handshakes = 0
@@ -60,7 +63,7 @@ class Session:
         self.req = ex
         self.ex = None
         self.result = None
-        self.fresh = False  # a new session was made for this request
+        self.fresh = False
         c = self.conn
         if c is None or c.closed:
             self._connect(now)
@@ -151,20 +154,16 @@ class Session:
         if not c.established:
             return
         ex = self.ex
-        if self.req is None:  # idle: a repeated separate response still gets its ACK (RFC 7252 4.5)
-            for d in c.recv():
-                m = ex.on_datagram(d, now) if ex is not None else None
-                if m is not None:
-                    c.send(m)
-            return
-        if ex is None:
+        if self.req is not None and ex is None:
             ex = self.ex = self.req
             self.rx0 = c.rx
             c.send(ex.start(now))
-        for d in c.recv():
-            m = ex.on_datagram(d, now)
+        for d in c.recv():  # while idle, the last exchange still ACKs a repeated separate response (RFC 7252 4.5)
+            m = ex.on_datagram(d, now) if ex is not None else None
             if m is not None:
                 c.send(m)
+        if self.req is None:
+            return
         if ex.state == "done":
             self._done(("ok", ex.response))
         elif ex.state == "failed":
