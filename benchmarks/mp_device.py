@@ -9,14 +9,14 @@ import gc
 import json
 import sys
 
-gc.collect()
-HEAP0 = gc.mem_alloc()
-import main  # noqa: E402
-from iotdtls_mp import aes, ccm, coap, prf  # noqa: E402
+import main
+from iotdtls_mp import aes, ccm, coap, prf
 
-gc.collect()
-BASE = gc.mem_alloc()
 ticks_ms, ticks_diff = main.ticks_ms, main.ticks_diff
+V = sys.implementation.version
+IMPLEMENTATION = f"{sys.implementation.name} {V[0]}.{V[1]}.{V[2]}"
+
+
 def per_call_ms(f, n):
     t = ticks_ms()
     for _ in range(n):
@@ -112,12 +112,12 @@ class Replay:
         self.steps.append((live, gc.mem_alloc() - live))
         return bool(self.todo)
 
-    def result(self, base):
+    def result(self):
         s = self.session
         ok = s.result is not None and s.result[0] == "ok" and self.sent == self.client
-        base = self.steps[0][0]  # the heap before the Session exists (the script's own BASE counts garbage)
+        base = self.steps[0][0]  # the heap before the Session exists
         bound = max(live + alloc for live, alloc in self.steps) - base
-        return {"ok": ok, "code_heap": BASE - HEAP0, "peak_live": bound,
+        return {"ok": ok, "peak_live": bound, "implementation": IMPLEMENTATION,
                 "steps": [(live - base, alloc) for live, alloc in self.steps],
                 "datagrams": len(self.sent) + len(self.server),
                 "bytes": sum(len(d) for d in self.sent + self.server)}
@@ -129,23 +129,17 @@ REPLAY = None
 def mpwasm_step():
     if REPLAY is None:
         return False
-    if REPLAY[0].step():
+    if REPLAY.step():
         return True
-    v = sys.implementation.version
-    r = REPLAY[0].result(REPLAY[1])
-    r["implementation"] = f"{sys.implementation.name} {v[0]}.{v[1]}.{v[2]}"
-    print(json.dumps(r))
+    print(json.dumps(REPLAY.result()))
     return False
 
 
 if sys.argv[2] == "replay":  # the work happens in mpwasm_step(), called by the runner after this script
-    REPLAY = [Replay(sys.argv[1]), 0]
-    gc.collect()
-    REPLAY[1] = gc.mem_alloc()
+    REPLAY = Replay(sys.argv[1])
 else:
     device = main.Device(main.load_config(sys.argv[1]))
     result = {"time": timed, "churn": churn}[sys.argv[2]](device)
     device.close()
-    v = sys.implementation.version
-    result["implementation"] = f"{sys.implementation.name} {v[0]}.{v[1]}.{v[2]}"
+    result["implementation"] = IMPLEMENTATION
     print(json.dumps(result))
