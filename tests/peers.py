@@ -49,6 +49,9 @@ from typing import IO, Any
 
 import pytest
 
+from benchmarks.ports import free_port
+from benchmarks.ports import udp_bound as udp_port_bound
+
 LOCALHOST = "127.0.0.1"
 DEFAULT_TIMEOUT = 5.0
 
@@ -168,35 +171,13 @@ def free_port_pair() -> int:
     """
     with _ports_lock:
         for _ in range(100):
-            base = _random_free_port()
+            base = free_port(LOCALHOST)
             if base >= 65535 or base in _handed_out_ports or base + 1 in _handed_out_ports:
                 continue
             if _port_free(base) and _port_free(base + 1):
                 _handed_out_ports.update((base, base + 1))
                 return base
     raise RuntimeError("could not find two adjacent free ports")
-
-
-def _random_free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((LOCALHOST, 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def udp_port_bound(port: int) -> bool:
-    """True if some socket is bound to UDP `port` (any address), read from /proc/net/udp{,6}."""
-    suffix = f":{port:04X}"
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 1 and fields[1].endswith(suffix):
-                return True
-    return False
 
 
 def _can_check_ports() -> bool:
