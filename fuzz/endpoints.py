@@ -31,12 +31,12 @@ from helpers import (
 )
 
 from iotdtls import (
-    ConnectionReplaced,
     ConnectionTerminated,
     DTLSConfiguration,
     DTLSConnection,
     DTLSServer,
     HandshakeTimeout,
+    SessionEvicted,
 )
 from iotdtls.connection import IdleTimeout
 from iotdtls.errors import AlertError, InternalError
@@ -50,7 +50,7 @@ MAX_EARLY_DATA = 8
 
 
 def check_events(events: Iterable[Event]) -> None:
-    """A connection may end with a protocol alert, a timeout, close_notify or a replacement, never with
+    """A connection may end with a protocol alert, a timeout, close_notify, a replacement or an eviction, never with
     internal_error (an exception inside the core) or anything else."""
     for event in events:
         if not isinstance(event, ConnectionTerminated) or event.error is None:
@@ -58,7 +58,7 @@ def check_events(events: Iterable[Event]) -> None:
         err = event.error
         if isinstance(err, InternalError):
             raise FuzzBug(f"internal_error: {err}")
-        if not isinstance(err, AlertError | HandshakeTimeout | ConnectionReplaced | IdleTimeout):
+        if not isinstance(err, AlertError | HandshakeTimeout | SessionEvicted | IdleTimeout):
             raise FuzzBug(f"unexpected termination {err!r}")
 
 

@@ -5,8 +5,15 @@ from .config import DTLSConfiguration
 from .connection import DTLSConnection, IdleTimeout
 from .constants import AlertDescription, CipherSuite
 from .errors import AlertError, ConnectionClosed, DTLSError, HandshakeTimeout, RemoteAlert
-from .events import AlertReceived, ConnectionTerminated, DataReceived, Event, HandshakeCompleted
-from .server import ConnectionReplaced, DTLSServer
+from .events import (
+    AlertReceived,
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    HandshakeCompleted,
+    ReplacementFailed,
+)
+from .server import ConnectionReplaced, DTLSServer, SessionEvicted
 from .trust import PeerCredential, TrustStore
 
 __version__ = "0.1.0"
@@ -30,5 +37,7 @@ __all__ = [
     "IdleTimeout",
     "PeerCredential",
     "RemoteAlert",
+    "ReplacementFailed",
+    "SessionEvicted",
     "TrustStore",
 ]

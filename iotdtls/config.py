@@ -62,8 +62,12 @@ class DTLSConfiguration:
     retransmit_max: float = 8.0
     #: Total time a handshake may take before it fails with HandshakeTimeout.
     handshake_timeout: float = 120.0
-    #: Close an established connection after this many seconds without an authenticated record (None: never).
+    #: Close an established connection after this many seconds without an authenticated record. ``None``: never
+    #: on a client; on a server front (:class:`~iotdtls.server.DTLSServer`) 24 hours. ``0``: never.
     idle_timeout: float | None = None
+    #: Server: until the client's Finished verifies, send at most this many times the bytes received from the
+    #: client in the handshake, retransmissions included (None: no limit).
+    amplification_factor: float | None = 3.0
     replay_window: int = 64
     extended_master_secret: bool = True
     require_extended_master_secret: bool = False
@@ -88,6 +92,12 @@ class DTLSConfiguration:
             raise ValueError(f"mtu must be at least {MIN_MTU} bytes")
         if self.retransmit_initial <= 0 or self.retransmit_max < self.retransmit_initial:
             raise ValueError("retransmission timers must satisfy 0 < initial <= max")
+        if self.handshake_timeout <= 0:
+            raise ValueError("handshake_timeout must be positive")
+        if self.idle_timeout is not None and self.idle_timeout < 0:
+            raise ValueError("idle_timeout must not be negative")
+        if self.amplification_factor is not None and self.amplification_factor < 1:
+            raise ValueError("amplification_factor must be at least 1 (or None for no limit)")
         if self.require_extended_master_secret and not self.extended_master_secret:
             raise ValueError("require_extended_master_secret needs extended_master_secret")
         if not self.cipher_suites:

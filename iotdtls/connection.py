@@ -132,11 +132,14 @@ class DTLSConnection(HandshakeLayer):
         self._send_client_hello(b"", now)
 
     def accept(self, hello: ClientHello, body: bytes, message_seq: int, record_seq: int, now: float,
-               dummy_psk_key: bytes) -> None:
-        """Server: start from a ClientHello whose cookie the server front verified."""
+               dummy_psk_key: bytes, *, received: int = 0, sent: int = 0) -> None:
+        """Server: start from a ClientHello whose cookie the server front verified. ``received`` and ``sent``
+        are the bytes exchanged with the peer in this handshake so far (the hellos, the HelloVerifyRequest),
+        the base of the amplification limit."""
         if self._config.is_client or self._state is not State.SERVER_START:
             raise DTLSError("accept() is for a new server connection")
         self._hs_deadline = now + self._config.handshake_timeout
+        self._limit_amplification(received, sent)
         self._write_seq[0] = record_seq
         self._dummy_psk_key = dummy_psk_key
         self._guard(lambda: self._server_accept(hello, body, message_seq, now))
@@ -154,13 +157,23 @@ class DTLSConnection(HandshakeLayer):
         assert self._write_cipher is not None
         self._out.append(self._write_cipher.protect(_APPLICATION_DATA, _EPOCH1 | seq, data))
 
-    def close(self) -> None:
-        """Send close_notify (if established) and close; idempotent."""
+    def close(self, error: Exception | None = None) -> None:
+        """Send close_notify (if established) and close; idempotent. ``error`` is what the
+        :class:`ConnectionTerminated` event reports (``None``: an orderly close)."""
         if self._state is _CLOSED:
             return
         if self._state is _ESTABLISHED or self._write_epoch == 0:
             self._send_alert(AlertLevel.WARNING, AlertDescription.close_notify)
-        self._terminate(None)
+        self._terminate(error)
+
+    def abort(self, error: Exception) -> None:
+        """Close without a word to the peer (the server front drops a handshake or a replaced session)."""
+        if self._state is not _CLOSED:
+            self._terminate(error)
+
+    def read_window_state(self) -> tuple[int, int]:
+        """Changes whenever a record of the current read epoch authenticates."""
+        return self._windows[self._read_epoch].state()
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         out, self._out = self._out, []
@@ -201,6 +214,8 @@ class DTLSConnection(HandshakeLayer):
         if self._state is _CLOSED:
             return
         self._retransmit_requested = False
+        if self._amp_limit:
+            self._amp_received += len(data)
         self._guard(lambda: self._receive(data, now))
 
     # -- internals -------------------------------------------------------------------------------
@@ -234,7 +249,8 @@ class DTLSConnection(HandshakeLayer):
             if self._state is _CLOSED:
                 return
         if self._retransmit_requested and self._state is not _CLOSED:
-            self._retransmit(now, backoff=False)
+            # under the amplification limit it stands for the timer (and backs it off); otherwise it comes extra
+            self._retransmit(now, backoff=self._amp_limit)
 
     def _handle_record(self, record: Record, now: float) -> None:
         epoch = record.epoch
@@ -318,7 +334,10 @@ class DTLSConnection(HandshakeLayer):
             expect((self._state, msg_type))(self, body, reasm.next_seq - 1, now)
 
     def _peer_retransmitted(self, now: float) -> None:
-        if self._flight and now - self._last_sent >= self._min_trigger_interval:
+        # Before the peer proved it receives (amplification limit on), a repeated flight of the peer - a
+        # replayed ClientHello, say - brings ours back no sooner than our own retransmission timer would.
+        interval = self._timeout if self._amp_limit else self._min_trigger_interval
+        if self._flight and now - self._last_sent >= interval:
             self._retransmit_requested = True
 
     def _on_change_cipher_spec(self, payload: bytes) -> None:
@@ -372,6 +391,7 @@ class DTLSConnection(HandshakeLayer):
 
     def _handshake_done(self) -> None:
         self._state = _ESTABLISHED
+        self._amp_limit = False
         self._max_payload = self.max_payload
         # Handshake-only state is released: it decides how many sessions one gateway holds.
         self._transcript = _NO_TRANSCRIPT

@@ -39,3 +39,11 @@ class ConnectionTerminated(Event):
     """The connection ended: by close_notify (``error`` is ``None``), a fatal alert or a timeout."""
 
     error: Exception | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplacementFailed(Event):
+    """Server front only: a new handshake from the address of an established session failed or timed out (a
+    replayed ClientHello, say). The session at that address goes on unchanged."""
+
+    error: Exception | None

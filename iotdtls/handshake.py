@@ -224,11 +224,11 @@ class HandshakeLayer(PublicKeyHandshake):
 
     def _server_psk_client_key_exchange(self, body: bytes, seq: int, now: float) -> None:
         identity = pull_psk_identity(Buffer(body))
-        psk = self._config.lookup_psk(identity)
-        if not psk:
-            # Unknown identity: continue with a key nobody has, so it fails exactly like a wrong key
-            # (bad_record_mac on the client's Finished), with the same work done (RFC 4279 section 5.1).
-            psk = hmac.digest(self._dummy_psk_key, identity, "sha256")[:16]
+        # An unknown identity continues with a key nobody has, so it fails exactly like a wrong key
+        # (bad_record_mac on the client's Finished, RFC 4279 section 5.1). The stand-in key is derived for every
+        # identity, known or not, so both paths do the same work and cannot be told apart by timing.
+        stand_in = hmac.digest(self._dummy_psk_key, identity, "sha256")[:16]
+        psk = self._config.lookup_psk(identity) or stand_in
         self._identity, self._premaster = identity, psk_premaster(psk)
         self._add_transcript(HandshakeType.CLIENT_KEY_EXCHANGE, seq, body)
         self._derive_keys()
@@ -238,6 +238,7 @@ class HandshakeLayer(PublicKeyHandshake):
         verify = pull_finished(Buffer(body))
         if not hmac.compare_digest(verify, self._finished_data(True)):
             raise DecryptError("client Finished does not verify")
+        self._amp_limit = False  # the client proved it received our flight: no more amplification limit
         self._add_transcript(HandshakeType.FINISHED, seq, body)
         fin = self._next_message(HandshakeType.FINISHED, self._finished_data(False), epoch=1)
         self._send_flight([OutMessage(0, CCS), fin], now, timer=False)

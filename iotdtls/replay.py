@@ -24,6 +24,10 @@ class ReplayWindow:
         diff = top - seq
         return diff < self._size and not (self._bits >> diff) & 1
 
+    def state(self) -> tuple[int, int]:
+        """A snapshot that changes whenever a record is marked (to tell whether a datagram authenticated)."""
+        return self.top, self._bits
+
     def mark(self, seq: int) -> None:
         """Record ``seq`` as seen; call only after the record authenticated."""
         top = self.top

@@ -2,66 +2,168 @@
 
 A datagram from an address without a connection is answered statelessly: a ClientHello without a valid cookie
 gets a HelloVerifyRequest and nothing is stored. Only a ClientHello with a valid cookie creates a
-:class:`DTLSConnection`, within the ``max_sessions`` and ``max_handshakes`` limits.
+:class:`DTLSConnection`, within the handshake limits (in total and per source network, see
+:mod:`iotdtls.fairness`).
+
+A valid ClientHello from the address of an established session (a rebooted device, or a replayed hello) starts a
+second handshake next to the session. The session carries data both ways until the new handshake's Finished
+verifies; only then is it replaced. If the new handshake fails, the session goes on unchanged.
+
+When a handshake completes, the session table is kept fair: older sessions of the same identity beyond
+``max_sessions_per_identity`` and anonymous sessions of the same network beyond ``max_anonymous_per_ip`` are
+closed, and a full table evicts its least recently active session (anonymous ones first). Every eviction and
+refusal is counted in :attr:`DTLSServer.stats` and logged, rate limited, on the ``iotdtls.server`` logger.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 from collections import OrderedDict, deque
 from collections.abc import Hashable
+from dataclasses import replace
 
 from .buffer import Buffer, BufferReadError, Writer
 from .config import DTLSConfiguration
 from .connection import DTLSConnection
 from .constants import DTLS_1_0, ContentType, HandshakeType
-from .cookie import CookieJar, hello_without_cookie
+from .cookie import COOKIE_LEN, CookieJar, hello_without_cookie
 from .errors import DTLSError
-from .events import Event
+from .events import ConnectionTerminated, DataReceived, Event, HandshakeCompleted, ReplacementFailed
+from .fairness import HandshakeSlots, SessionTable, network_of
+from .handshake import State
 from .messages import ClientHello, HelloVerifyRequest, pull_client_hello, push_hello_verify_request
+from .ratelog import RateLimitedLog
 from .reassembly import Fragment, _Partial, message_header, parse_fragments
 from .record import MAX_SEQ, encode_plain, split_records
 
 Address = Hashable
 MAX_PARTIAL_HELLOS = 64
 MAX_HELLO_SEQ = 16
+#: A HelloVerifyRequest datagram: record header, handshake header, version, cookie length and cookie.
+HELLO_VERIFY_LEN = 13 + 12 + 2 + 1 + COOKIE_LEN
+#: Idle timeout of server sessions when the configuration leaves it at ``None``: long enough that a device
+#: reporting once a day keeps its session (no handshake per report), short enough that the state of devices
+#: that vanished is released within a day. A full table evicts its least recently active session anyway.
+DEFAULT_SERVER_IDLE_TIMEOUT = 24 * 3600.0
+
+_PROGRESS = {State.SERVER_WAIT_CKE: 0, State.SERVER_WAIT_CLIENT_CERTIFICATE: 0, State.SERVER_WAIT_CKE_AUTH: 1,
+             State.SERVER_WAIT_CERTIFICATE_VERIFY: 2, State.SERVER_WAIT_FINISHED: 3}
+_HANDSHAKE = int(ContentType.HANDSHAKE)
+_CLIENT_HELLO = int(HandshakeType.CLIENT_HELLO)
+_STATS = ("hello_verify_sent", "dropped_full", "dropped_per_ip", "dropped_invalid", "dropped_oversize",
+          "handshakes_evicted",
+          "replacements_started", "replacements_failed", "sessions_replaced", "sessions_evicted_identity",
+          "sessions_evicted_anonymous", "sessions_evicted_full", "sessions_refused_full")
 
 
-class ConnectionReplaced(DTLSError):
-    """The peer started a new handshake from the same address (e.g. after a reboot)."""
+class SessionEvicted(DTLSError):
+    """The server ended this connection to make room for another, or because a newer one took its place."""
+
+
+class ConnectionReplaced(SessionEvicted):
+    """A new handshake from the same address (e.g. after a reboot) completed and took this session's place."""
+
+
+def server_configuration(config: DTLSConfiguration) -> DTLSConfiguration:
+    """The configuration a server front works with: a copy whose ``idle_timeout`` ``None`` means
+    :data:`DEFAULT_SERVER_IDLE_TIMEOUT` and ``0`` means never."""
+    if config.idle_timeout is None:
+        return replace(config, idle_timeout=DEFAULT_SERVER_IDLE_TIMEOUT)
+    if config.idle_timeout == 0:
+        return replace(config, idle_timeout=None)
+    return replace(config)
 
 
 class DTLSServer:
-    def __init__(self, config: DTLSConfiguration, *, max_sessions: int = 10000, max_handshakes: int = 100) -> None:
+    """Sans-IO DTLS server for many peers. Limits (each ``None`` where it may be switched off):
+
+    - ``max_sessions``: established sessions; when a new one completes beyond it, the least recently active
+      session is closed (anonymous sessions first; an anonymous newcomer never displaces an authenticated one).
+    - ``max_handshakes``: handshakes in progress; ``max_handshakes_per_ip`` (default a quarter of them) per
+      source network (IPv4 address or IPv6 /64).
+    - ``max_sessions_per_identity`` (default 1): a new session of a PSK identity or public key closes the
+      oldest ones beyond this, with close_notify, once its Finished verified.
+    - ``max_anonymous_per_ip`` (default 4): sessions of clients that authenticated with nothing (public-key
+      suites without client authentication), per source network.
+    - ``max_datagram``: datagrams longer than this are dropped before parsing or decryption.
+    """
+
+    def __init__(self, config: DTLSConfiguration, *, max_sessions: int = 10000, max_handshakes: int = 100,
+                 max_handshakes_per_ip: int | None = None, max_sessions_per_identity: int | None = 1,
+                 max_anonymous_per_ip: int | None = 4, max_datagram: int | None = None) -> None:
         if config.is_client:
             raise ValueError("DTLSServer needs a server configuration (is_client=False)")
         config.validate()
-        self._config = config
+        for name, value in (("max_sessions", max_sessions), ("max_handshakes", max_handshakes),
+                            ("max_handshakes_per_ip", max_handshakes_per_ip),
+                            ("max_sessions_per_identity", max_sessions_per_identity),
+                            ("max_anonymous_per_ip", max_anonymous_per_ip), ("max_datagram", max_datagram)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1")
+        self._config = server_configuration(config)
         self._cookies = CookieJar(config.random(32), config.cookie_lifetime)
         self._dummy_psk_key = config.random(32)
         self.max_sessions = max_sessions
-        self.max_handshakes = max_handshakes
+        self.max_sessions_per_identity = max_sessions_per_identity
+        self.max_anonymous_per_ip = max_anonymous_per_ip
+        #: Datagrams longer than this are dropped before any parsing or decryption (None: no limit beyond the
+        #: record layer's own 2^14 + 2048 bytes per record).
+        self.max_datagram = max_datagram
+        #: The current association of each address: an established session or a handshake.
         self.connections: dict[Address, DTLSConnection] = {}
+        #: A second handshake from the address of an established session, until its Finished verifies.
+        self._successors: dict[Address, DTLSConnection] = {}
+        self._slots: HandshakeSlots[DTLSConnection] = HandshakeSlots(
+            max_handshakes, max_handshakes_per_ip or max(1, max_handshakes // 4))
+        self._sessions: SessionTable[DTLSConnection] = SessionTable()
         self._out: list[tuple[bytes, Address]] = []
         self._events: deque[tuple[Address, Event]] = deque()
-        self._heap: list[tuple[float, int, Address]] = []
-        self._armed: dict[Address, float] = {}
+        # Timers, lazily: one heap entry per (address, successor?) at its earliest deadline; a later deadline
+        # (an idle timeout moved by traffic) is re-armed only when the earlier entry fires.
+        self._heap: list[tuple[float, int, Address, bool]] = []
+        self._armed: dict[tuple[Address, bool], float] = {}
         self._counter = itertools.count()
-        self._handshaking: set[Address] = set()
         self._partial_hellos: OrderedDict[tuple[Address, int], _Partial] = OrderedDict()
-        self.stats = {"hello_verify_sent": 0, "dropped_full": 0, "dropped_invalid": 0}
+        self._log = RateLimitedLog(logging.getLogger("iotdtls.server"))
+        #: Counters: what was refused, evicted or replaced, and why.
+        self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
+
+    @property
+    def config(self) -> DTLSConfiguration:
+        return self._config
+
+    @property
+    def max_handshakes(self) -> int:
+        return self._slots.total
+
+    @property
+    def max_handshakes_per_ip(self) -> int:
+        return self._slots.per_network
 
     @property
     def handshakes_in_progress(self) -> int:
-        return len(self._handshaking)
+        return len(self._slots)
+
+    @property
+    def sessions(self) -> int:
+        """Established sessions."""
+        return len(self._sessions)
 
     # -- sans-IO API -----------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        if self.max_datagram is not None and len(data) > self.max_datagram:
+            self.stats["dropped_oversize"] += 1
+            return
         conn = self.connections.get(addr)
         if conn is not None and not self._is_client_hello(data):
-            conn.receive_datagram(data, now)
-            self._collect(addr, conn)
+            successor = self._successors.get(addr) if self._successors else None
+            if successor is None:
+                conn.receive_datagram(data, now)
+                self._collect(conn, now)
+            else:
+                self._route_beside_successor(data, now, conn, successor)
             return
         self._stateless(data, addr, now, conn)
 
@@ -71,21 +173,21 @@ class DTLSServer:
 
     def get_timer(self) -> float | None:
         heap, armed = self._heap, self._armed
-        while heap and armed.get(heap[0][2]) != heap[0][0]:
+        while heap and armed.get((heap[0][2], heap[0][3])) != heap[0][0]:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
     def handle_timer(self, now: float) -> None:
         heap, armed = self._heap, self._armed
         while heap and heap[0][0] <= now:
-            when, _, addr = heapq.heappop(heap)
-            if armed.get(addr) != when:
+            when, _, addr, second = heapq.heappop(heap)
+            if armed.get((addr, second)) != when:
                 continue
-            del armed[addr]
-            conn = self.connections.get(addr)
+            del armed[(addr, second)]
+            conn = (self._successors if second else self.connections).get(addr)
             if conn is not None:
                 conn.handle_timer(now)
-                self._collect(addr, conn)
+                self._collect(conn, now)
 
     def next_event(self) -> tuple[Address, Event] | None:
         return self._events.popleft() if self._events else None
@@ -95,49 +197,43 @@ class DTLSServer:
         if conn is None:
             raise DTLSError("no connection for that address")
         conn.send(data)
-        self._collect(addr, conn)
+        self._collect(conn, 0.0)
 
     def close(self, addr: Address) -> None:
-        conn = self.connections.get(addr)
-        if conn is not None:
-            conn.close()
-            self._collect(addr, conn)
+        """Close the session (or handshake) at ``addr`` with close_notify, and any second handshake beside it."""
+        for table in (self._successors, self.connections):
+            conn = table.get(addr)
+            if conn is not None:
+                conn.close()
+                self._collect(conn, 0.0)
 
-    # -- internals -------------------------------------------------------------------------------
-    def _forget(self, addr: Address) -> None:
-        """Drop every trace of the connection at ``addr`` (its timer entry in the heap goes stale)."""
-        del self.connections[addr]
-        self._armed.pop(addr, None)
-        self._handshaking.discard(addr)
+    def close_all(self) -> None:
+        for addr in list(self.connections) + list(self._successors):
+            self.close(addr)
 
-    def _collect(self, addr: Address, conn: DTLSConnection) -> None:
-        for dgram in conn.datagrams_to_send(0.0):
-            self._out.append((dgram, addr))
-        while (event := conn.next_event()) is not None:
-            self._events.append((addr, event))
-        if conn.is_closed:
-            if self.connections.get(addr) is conn:
-                self._forget(addr)
-            return
-        if conn.is_handshaking:
-            self._handshaking.add(addr)
-        else:
-            self._handshaking.discard(addr)
-        when = conn.get_timer()
-        if when is None:
-            self._armed.pop(addr, None)
-        elif self._armed.get(addr) != when:
-            self._armed[addr] = when
-            heapq.heappush(self._heap, (when, next(self._counter), addr))
-            if len(self._heap) > 4 * len(self._armed) + 64:
-                self._heap = [(t, next(self._counter), a) for a, t in self._armed.items()]
-                heapq.heapify(self._heap)
-
+    # -- internals: routing ----------------------------------------------------------------------
     @staticmethod
     def _is_client_hello(data: bytes) -> bool:
         """A plaintext (epoch 0) handshake record that carries a ClientHello (or a fragment of one)."""
-        return len(data) >= 25 and data[0] == ContentType.HANDSHAKE and data[3:5] == b"\x00\x00" and \
-            data[13] == HandshakeType.CLIENT_HELLO
+        return len(data) >= 25 and data[0] == _HANDSHAKE and data[3:5] == b"\x00\x00" and \
+            data[13] == _CLIENT_HELLO
+
+    def _route_beside_successor(self, data: bytes, now: float, conn: DTLSConnection,
+                                successor: DTLSConnection) -> None:
+        """An established session and a new handshake share the address. Epoch-0 records belong to the
+        handshake; a protected datagram goes to the session, and to the handshake only if the session did not
+        authenticate any of it (the new client's Finished, or data that overtook it)."""
+        if data[3:5] == b"\x00\x00" or not conn.is_established:
+            successor.receive_datagram(data, now)
+            self._collect(successor, now)
+            return
+        before = conn.read_window_state()
+        conn.receive_datagram(data, now)
+        authenticated = conn.read_window_state() != before
+        self._collect(conn, now)
+        if not authenticated and self._successors.get(conn.peer) is successor:
+            successor.receive_datagram(data, now)
+            self._collect(successor, now)
 
     def _stateless(self, data: bytes, addr: Address, now: float, existing: DTLSConnection | None) -> None:
         parsed = self._parse_hello(data, addr)
@@ -145,12 +241,14 @@ class DTLSServer:
             self.stats["dropped_invalid"] += 1
             return
         hello, body, msg_seq, rec_seq = parsed
-        if existing is not None and not existing.is_closed and hello.random == existing.client_random:
-            # The hello that created this connection, retransmitted or replayed: the connection decides
-            # whether its peer is asking for a retransmission.
-            existing.receive_datagram(data, now)
-            self._collect(addr, existing)
-            return
+        successor = self._successors.get(addr)
+        for known in (existing, successor):
+            if known is not None and not known.is_closed and hello.random == known.client_random:
+                # A hello that created one of these connections, retransmitted or replayed: the connection
+                # decides whether its peer is asking for a retransmission (no faster than its timer).
+                known.receive_datagram(data, now)
+                self._collect(known, now)
+                return
         if msg_seq > MAX_HELLO_SEQ or rec_seq > MAX_SEQ - (1 << 16):
             # No client starts that high (message_seq counts HelloVerifyRequests); continuing would run our
             # own counters, which start from these values, out of their 16 / 48 bits.
@@ -167,23 +265,184 @@ class DTLSServer:
             self._out.append((encode_plain(ContentType.HANDSHAKE, rec_seq, payload), addr))
             self.stats["hello_verify_sent"] += 1
             return
-        full = existing is None and len(self.connections) >= self.max_sessions
-        busy = self.handshakes_in_progress >= self.max_handshakes and addr not in self._handshaking
-        if full or busy:
-            self.stats["dropped_full"] += 1  # the client retries on its timer
+        beside = existing is not None and existing.is_established
+        # The handshake this one replaces at the same address gives its slot back first.
+        replaced = successor if beside else existing
+        if replaced is not None:
+            self._drop_handshake(replaced, now, ConnectionReplaced("a newer handshake from the same address"))
+        if not self._take_slot(addr, now):
             return
-        if existing is not None:
-            # A new handshake from a known address (reboot): the valid cookie proves the address, so the
-            # old association gives way (RFC 6347 section 4.2.8).
-            self._forget(addr)
-            if not existing.is_closed:
-                existing._terminate(ConnectionReplaced("peer started a new handshake"))
-                self._collect(addr, existing)
         conn = DTLSConnection(self._config, peer=addr, validate=False)
-        self.connections[addr] = conn
-        conn.accept(hello, body, msg_seq, rec_seq, now, self._dummy_psk_key)
-        self._collect(addr, conn)
+        if beside:
+            self._successors[addr] = conn
+            self.stats["replacements_started"] += 1
+        else:
+            self.connections[addr] = conn
+        self._slots.add(conn, network_of(addr), now, next(self._counter))
+        # The amplification budget starts from this exchange: this hello and the one the cookie answered, and
+        # the HelloVerifyRequest already sent.
+        received = 2 * len(data) - len(hello.cookie)
+        sent = HELLO_VERIFY_LEN if self._config.cookies else 0
+        conn.accept(hello, body, msg_seq, rec_seq, now, self._dummy_psk_key, received=received, sent=sent)
+        self._collect(conn, now)
 
+    def _take_slot(self, addr: Address, now: float) -> bool:
+        network = network_of(addr)
+        admitted, victim = self._slots.admit(network, lambda c: _PROGRESS.get(c.state, 3))
+        if not admitted:
+            self.stats["dropped_full"] += 1  # the client retries on its timer
+            if self._slots.count(network) >= self._slots.per_network:
+                self.stats["dropped_per_ip"] += 1
+                self._log("handshakes_per_ip", now, logging.WARNING,
+                          "%d handshakes in progress from %s, its limit: new handshake from %s dropped, it will "
+                          "retry", self._slots.count(network), _network_text(network), _where(addr))
+            else:
+                self._log("handshakes_full", now, logging.WARNING,
+                          "handshake table full (%d in progress): new handshake from %s dropped, it will retry",
+                          len(self._slots), _where(addr))
+            return False
+        if victim is not None:
+            self.stats["handshakes_evicted"] += 1
+            self._log("handshake_evicted", now, logging.WARNING,
+                      "handshake table full: handshake from %s evicted for one from %s (%d in progress from %s)",
+                      _where(victim.peer), _where(addr), self._slots.count(network_of(victim.peer)),
+                      _network_text(network_of(victim.peer)))
+            self._drop_handshake(victim, now, SessionEvicted("handshake slot given to a fairer share"))
+        return True
+
+    def _drop_handshake(self, conn: DTLSConnection, now: float, error: Exception) -> None:
+        """End a handshake without a word to its peer (a reply could amplify)."""
+        if not conn.is_closed:
+            conn.abort(error)
+        self._collect(conn, now)
+
+    # -- internals: bookkeeping ------------------------------------------------------------------
+    def _forget(self, conn: DTLSConnection) -> None:
+        """Drop every trace of ``conn`` (its timer entry in the heap goes stale)."""
+        addr = conn.peer
+        second = self._successors.get(addr) is conn
+        table = self._successors if second else self.connections
+        if table.get(addr) is conn:
+            del table[addr]
+            self._armed.pop((addr, second), None)
+            successor = None if second else self._successors.pop(addr, None)
+            if successor is not None:
+                # The session ended while a new handshake from its address was under way: the handshake is now
+                # the address's only association, and completes or fails as a plain one.
+                self.connections[addr] = successor
+                when = self._armed.pop((addr, True), None)
+                if when is not None:
+                    self._armed[(addr, False)] = when
+                    heapq.heappush(self._heap, (when, next(self._counter), addr, False))
+        self._slots.discard(conn)
+        self._sessions.discard(conn)
+
+    def _collect(self, conn: DTLSConnection, now: float) -> None:
+        addr = conn.peer
+        for dgram in conn.datagrams_to_send(now):
+            self._out.append((dgram, addr))
+        second = self._successors.get(addr) is conn
+        if second:
+            self._collect_successor(conn, addr, now)
+            return
+        completed = False
+        active = False
+        events = self._events
+        while (event := conn.next_event()) is not None:
+            if isinstance(event, DataReceived):
+                active = True
+            elif isinstance(event, HandshakeCompleted):
+                completed = True
+            events.append((addr, event))
+        if conn.is_closed:
+            if self.connections.get(addr) is conn or conn in self._slots or conn in self._sessions:
+                self._forget(conn)
+            return
+        if completed:
+            self._established(conn, addr, now)
+        elif active:
+            self._sessions.touch(conn)
+        self._arm(conn, addr, False)
+
+    def _collect_successor(self, conn: DTLSConnection, addr: Address, now: float) -> None:
+        events = []
+        while (event := conn.next_event()) is not None:
+            events.append(event)
+        if conn.is_closed:
+            self._forget(conn)
+            if not any(isinstance(e, HandshakeCompleted) for e in events):
+                error = next((e.error for e in events if isinstance(e, ConnectionTerminated)), None)
+                self.stats["replacements_failed"] += 1
+                self._events.append((addr, ReplacementFailed(error)))
+                return
+        if not any(isinstance(e, HandshakeCompleted) for e in events):
+            self._arm(conn, addr, True)
+            return  # nothing a consumer of the session at this address should see yet
+        # The new handshake's Finished verified: it takes the address over.
+        del self._successors[addr]
+        self._armed.pop((addr, True), None)
+        old = self.connections.get(addr)
+        if old is not None:
+            if not old.is_closed:
+                old.abort(ConnectionReplaced("the peer completed a new handshake from the same address"))
+                self.stats["sessions_replaced"] += 1
+            self._collect(old, now)
+        self.connections[addr] = conn
+        self._events.extend((addr, e) for e in events)
+        if conn.is_closed:
+            self._forget(conn)
+            return
+        self._established(conn, addr, now)
+        self._arm(conn, addr, False)
+
+    def _established(self, conn: DTLSConnection, addr: Address, now: float) -> None:
+        """A handshake completed: it leaves the handshake table and joins the session table, fairly."""
+        self._slots.discard(conn)
+        network = network_of(addr)
+        identity = conn.identity
+        self._sessions.add(conn, identity, network)
+        victims: list[tuple[DTLSConnection, str, str]] = []
+        if identity and self.max_sessions_per_identity is not None:
+            victims += [(c, "sessions_evicted_identity", "replaced by a newer session of the same identity")
+                        for c in self._sessions.identity_excess(identity, self.max_sessions_per_identity)]
+        elif not identity and self.max_anonymous_per_ip is not None:
+            victims += [(c, "sessions_evicted_anonymous", "too many anonymous sessions from its network")
+                        for c in self._sessions.anonymous_excess(network, self.max_anonymous_per_ip, conn)]
+        for loser, stat, reason in victims:
+            self._evict(loser, stat, reason, now)
+        while len(self._sessions) > self.max_sessions:
+            victim = self._sessions.eviction_victim(conn)
+            if victim is None:
+                break
+            if victim is conn:
+                self._evict(conn, "sessions_refused_full", "session table full of authenticated sessions", now)
+                break
+            self._evict(victim, "sessions_evicted_full", "session table full: least recently active", now)
+
+    def _evict(self, conn: DTLSConnection, stat: str, reason: str, now: float) -> None:
+        self.stats[stat] += 1
+        level = logging.INFO if stat == "sessions_evicted_identity" else logging.WARNING
+        self._log(stat, now, level, "session %s (%s) closed: %s", _where(conn.peer), _identity_text(conn), reason)
+        conn.close(SessionEvicted(reason))
+        self._collect(conn, now)
+
+    def _arm(self, conn: DTLSConnection, addr: Address, second: bool) -> None:
+        when = conn.get_timer()
+        key = (addr, second)
+        armed = self._armed.get(key)
+        if when is None:
+            if armed is not None:
+                del self._armed[key]
+            return
+        if armed is not None and armed <= when:
+            return  # an earlier entry is armed: it re-arms this one when it fires
+        self._armed[key] = when
+        heapq.heappush(self._heap, (when, next(self._counter), addr, second))
+        if len(self._heap) > 4 * len(self._armed) + 64:
+            self._heap = [(t, next(self._counter), a, s) for (a, s), t in self._armed.items()]
+            heapq.heapify(self._heap)
+
+    # -- internals: ClientHello parsing ----------------------------------------------------------
     def _parse_hello(self, data: bytes, addr: Address) -> tuple[ClientHello, bytes, int, int] | None:
         """A whole, well-formed ClientHello from this datagram, or ``None``.
 
@@ -224,3 +483,24 @@ class DTLSServer:
         while len(self._partial_hellos) > MAX_PARTIAL_HELLOS:
             self._partial_hellos.popitem(last=False)
         return None
+
+
+def _where(addr: object) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = str(addr[0])
+        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+    return str(addr)
+
+
+def _identity_text(conn: DTLSConnection) -> str:
+    identity = conn.identity
+    if not identity:
+        return "anonymous"
+    return "identity " + repr(identity.decode("utf-8", "replace"))
+
+
+def _network_text(network: Hashable) -> str:
+    if isinstance(network, tuple) and len(network) == 2 and network[0] == "v6":
+        prefix = int(network[1]).to_bytes(8, "big").hex()
+        return ":".join(prefix[i : i + 4] for i in range(0, 16, 4)) + "::/64"
+    return str(network)

@@ -17,9 +17,9 @@ from .replay import ReplayWindow
 
 class RecordLayer:
     __slots__ = (
-        "_config", "_flight", "_last_sent", "_next_read_cipher", "_out", "_read_cipher", "_read_epoch",
-        "_timeout", "_timer_at", "_windows", "_write_cipher", "_write_epoch", "_write_seq", "flights_sent",
-        "retransmissions",
+        "_amp_limit", "_amp_next", "_amp_received", "_amp_sent", "_config", "_flight", "_last_sent",
+        "_next_read_cipher", "_out", "_read_cipher", "_read_epoch", "_timeout", "_timer_at", "_windows",
+        "_write_cipher", "_write_epoch", "_write_seq", "amplification_blocked", "flights_sent", "retransmissions",
     )
 
     def __init__(self, config: DTLSConfiguration) -> None:
@@ -36,9 +36,16 @@ class RecordLayer:
         self._timer_at: float | None = None
         self._timeout = config.retransmit_initial
         self._last_sent = float("-inf")
-        #: Statistics: flights sent and retransmitted, for demos and benchmarks.
+        # Amplification limit (server, until the client's Finished verifies): bytes received from the peer in
+        # this handshake, bytes sent to it, and the datagram of the flight a limited retransmission resumes at.
+        self._amp_limit = False
+        self._amp_received = 0
+        self._amp_sent = 0
+        self._amp_next = 0
+        #: Statistics: flights sent and retransmitted, and retransmissions cut short by the amplification limit.
         self.flights_sent = 0
         self.retransmissions = 0
+        self.amplification_blocked = 0
 
     # -- writing ---------------------------------------------------------------------------------
     def _write_record(self, epoch: int, content_type: int, payload: bytes) -> bytes:
@@ -59,27 +66,71 @@ class RecordLayer:
         return self._write_cipher.overhead
 
     def _send_alert(self, level: AlertLevel, description: AlertDescription) -> None:
-        self._out.append(self._write_record(self._write_epoch, ContentType.ALERT, bytes((level, description))))
+        record = self._write_record(self._write_epoch, ContentType.ALERT, bytes((level, description)))
+        self._amp_sent += len(record)  # an alert always goes out, but it counts
+        self._out.append(record)
+
+    # -- amplification limit ---------------------------------------------------------------------
+    def _limit_amplification(self, received: int, sent: int) -> None:
+        """Server: until the client proves it receives (its Finished verifies), retransmit only while everything
+        sent stays within ``amplification_factor`` times the bytes received from it in this handshake."""
+        if self._config.amplification_factor is not None:
+            self._amp_limit = True
+            self._amp_received = received
+            self._amp_sent = sent
+
+    def _emit_limited(self, datagrams: list[bytes]) -> int:
+        """Queue the datagrams of a retransmission that fit the amplification budget, starting where the last
+        limited one stopped, so that a live client gets every part of a flight in the end; returns how many."""
+        factor = self._config.amplification_factor
+        assert factor is not None
+        budget = int(factor * self._amp_received) - self._amp_sent
+        n = len(datagrams)
+        start = self._amp_next % n if n else 0
+        sent = 0
+        for dgram in datagrams[start:] + datagrams[:start]:
+            if len(dgram) > budget:
+                break
+            self._out.append(dgram)
+            budget -= len(dgram)
+            self._amp_sent += len(dgram)
+            sent += 1
+        if sent < n:
+            self.amplification_blocked += 1
+        self._amp_next = start + sent
+        return sent
 
     # -- flights ---------------------------------------------------------------------------------
     def _send_flight(self, messages: list[OutMessage], now: float, *, timer: bool = True) -> None:
         """Send a new flight; ``timer`` arms retransmission (not for a server's final flight)."""
         self._flight = messages
         self._timeout = self._config.retransmit_initial
-        self._transmit(now)
+        # A new flight goes out whole, counted against the budget: the first one answers a ClientHello whose
+        # cookie proved the address (RFC 6347 4.2.1), and a server's only other flight follows the client's
+        # Finished. Only its retransmissions are limited.
+        self._transmit(now, limited=False)
         self.flights_sent += 1
         self._timer_at = now + self._timeout if timer else None
 
-    def _transmit(self, now: float) -> None:
-        self._out.extend(pack_flight(self._flight, self._config.mtu, self._overhead, self._write_record,
-                                     self._config.coalesce_records))
+    def _transmit(self, now: float, *, limited: bool) -> bool:
+        """Pack and queue the current flight; False if the amplification limit let nothing out."""
+        datagrams = pack_flight(self._flight, self._config.mtu, self._overhead, self._write_record,
+                                self._config.coalesce_records)
+        if limited and self._amp_limit:
+            if not self._emit_limited(datagrams):
+                return False
+        else:
+            self._out.extend(datagrams)
+            if self._amp_limit:
+                self._amp_sent += sum(len(d) for d in datagrams)
         self._last_sent = now
+        return True
 
     def _retransmit(self, now: float, *, backoff: bool) -> None:
         if not self._flight:
             return
-        self._transmit(now)
-        self.retransmissions += 1
+        if self._transmit(now, limited=True):
+            self.retransmissions += 1
         if backoff:
             self._timeout = min(self._timeout * 2, self._config.retransmit_max)
             self._timer_at = now + self._timeout

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 from helpers import IDENTITY, client_config, server_config
 from peers import free_udp_port
 
-from iotdtls import ConnectionClosed, HandshakeTimeout, RemoteAlert
+from iotdtls import ConnectionClosed, DTLSConnection, HandshakeTimeout, RemoteAlert
 from iotdtls.aio import ServerSession, connect, serve
 from iotdtls.constants import AlertDescription
 
@@ -117,13 +118,25 @@ def test_idle_sessions_are_closed() -> None:
 
 def test_handshake_slots_are_limited() -> None:
     async def main() -> None:
-        server = await serve("127.0.0.1", 0, server_config(), echo, max_handshakes=1, max_sessions=1)
+        server = await serve("127.0.0.1", 0, server_config(), echo, max_handshakes=1)
         host, port = server.address
-        async with connect(host, port, client_config(seed=5, **FAST)):
-            # the only session slot is taken: a second device gets no state and gives up
-            with pytest.raises(HandshakeTimeout):
-                await connect(host, port, client_config(seed=6, handshake_timeout=0.8, **FAST))
+        # a client that goes silent after its ClientHello with the cookie holds the only handshake slot
+        stalled = DTLSConnection(client_config(seed=5))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.connect((host, port))
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        stalled.connect(loop.time())
+        for _ in range(2):  # ClientHello -> HelloVerifyRequest, ClientHello with the cookie -> server flight
+            for d in stalled.datagrams_to_send(loop.time()):
+                sock.send(d)
+            stalled.receive_datagram(await loop.sock_recv(sock, 2048), loop.time())
+        assert server.core.handshakes_in_progress == 1
+        # so a second device gets its HelloVerifyRequest but no state, and gives up
+        with pytest.raises(HandshakeTimeout):
+            await connect(host, port, client_config(seed=6, handshake_timeout=0.8, **FAST))
         assert server.core.stats["dropped_full"] >= 1
+        sock.close()
         server.close()
         await server.wait_closed()
 

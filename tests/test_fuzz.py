@@ -37,7 +37,7 @@ from helpers import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iotdtls import ConnectionReplaced, ConnectionTerminated, DataReceived, HandshakeCompleted, HandshakeTimeout
+from iotdtls import ConnectionTerminated, DataReceived, HandshakeCompleted, HandshakeTimeout, SessionEvicted
 from iotdtls.constants import CipherSuite, ContentType, HandshakeType
 from iotdtls.errors import AlertError, InternalError
 from iotdtls.events import Event
@@ -254,7 +254,7 @@ def _check_terminations(events: list[Event], *, server: bool) -> None:
         assert not isinstance(err, InternalError), f"InternalError (a bug in the core): {err}"
         allowed: tuple[type[Exception], ...] = (AlertError, HandshakeTimeout)
         if server:
-            allowed += (ConnectionReplaced,)
+            allowed += (SessionEvicted,)
         assert isinstance(err, allowed), f"unexpected termination {err!r}"
 
 

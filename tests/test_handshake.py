@@ -600,7 +600,8 @@ class Net:
         self.mail: dict[tuple[str, int], list[bytes]] = {}
 
     def connect(self, addr: tuple[str, int], seed: int) -> DTLSConnection:
-        client = self.clients[addr] = DTLSConnection(client_config(seed=seed))
+        """A device of its own identity ``dev<seed>`` (see ``FLEET``)."""
+        client = self.clients[addr] = DTLSConnection(client_config(seed=seed, psk_identity=b"dev%d" % seed))
         client.connect(self.now)
         return client
 
@@ -628,10 +629,11 @@ class Net:
 
 
 A1, A2, A3 = ("203.0.113.1", 1), ("203.0.113.2", 2), ("203.0.113.3", 3)
+FLEET = {b"dev%d" % seed: KEY for seed in range(100)}
 
 
 def test_max_handshakes_limit_drops_new_clients() -> None:
-    net = Net(DTLSServer(server_config(), max_handshakes=2))
+    net = Net(DTLSServer(server_config(psk_store=FLEET), max_handshakes=2))
     for seed, addr in ((11, A1), (12, A2), (13, A3)):
         net.connect(addr, seed)
     net.steps(A1, 3)
@@ -649,17 +651,19 @@ def test_max_handshakes_limit_drops_new_clients() -> None:
     assert set(net.server.connections) == {A1, A2, A3}
 
 
-def test_max_sessions_limit_drops_new_clients() -> None:
-    net = Net(DTLSServer(server_config(), max_sessions=2))
-    for seed, addr in ((11, A1), (12, A2), (13, A3)):
+def test_full_session_table_evicts_the_least_recently_active_session() -> None:
+    net = Net(DTLSServer(server_config(psk_store=FLEET), max_sessions=2))
+    for seed, addr in ((11, A1), (12, A2)):
         net.connect(addr, seed)
         net.steps(addr, 6)
-    assert [net.clients[a].is_established for a in (A1, A2, A3)] == [True, True, False]
-    assert set(net.server.connections) == {A1, A2} and net.server.stats["dropped_full"] == 1
-    net.server.close(A1)  # closing a session makes room
-    net.fire(A3, 2.0)
-    net.steps(A3, 4)
-    assert net.clients[A3].is_established and set(net.server.connections) == {A2, A3}
+    net.clients[A1].send(b"A1 is alive")  # A1 is now the more recently active session
+    net.up(A1)
+    net.connect(A3, 13)
+    net.steps(A3, 6)  # a new device always gets in: the least recently active session (A2) makes room
+    assert net.clients[A3].is_established and set(net.server.connections) == {A1, A3}
+    net.down(A2)
+    assert net.clients[A2].is_closed and net.clients[A2].error is None  # told with close_notify
+    assert net.server.stats["sessions_evicted_full"] == 1 and net.server.stats["dropped_full"] == 0
 
 
 def _renegotiation_hello(pair: Pair, message_seq: int) -> bytes:

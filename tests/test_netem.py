@@ -301,12 +301,15 @@ def test_iotdtls_sessions_through_the_proxy_in_process() -> None:
                 await session.send(await session.recv())
 
     async def main() -> None:
-        server = await serve("127.0.0.1", 0, server_config(retransmit_initial=0.2, retransmit_max=1.0), echo)
+        store = {b"dev%d" % i: bytes(range(16)) for i in range(8)}
+        server = await serve("127.0.0.1", 0, server_config(retransmit_initial=0.2, retransmit_max=1.0,
+                                                           psk_store=store), echo)
         proxy = NetemProxy(server.address, Impairment(ISSUE_PROFILE, seed=11))
         host, port = await proxy.start()
 
         async def device(i: int) -> bool:
-            cfg = client_config(seed=200 + i, retransmit_initial=0.2, retransmit_max=1.0, handshake_timeout=25)
+            cfg = client_config(seed=200 + i, retransmit_initial=0.2, retransmit_max=1.0, handshake_timeout=25,
+                                psk_identity=b"dev%d" % i)
             async with connect(host, port, cfg) as session:
                 for _ in range(40):
                     await session.send(b"ping %d" % i)
@@ -437,7 +440,7 @@ def stop_netem(proxy: PeerProcess, outcome: Outcome) -> None:
         outcome.detail += f"\niotdtls-netem exited {rc}\n{proxy.transcript()}"
 
 
-def iotdtls_client_session(index: int, target_port: int) -> Outcome:
+def iotdtls_client_session(index: int, target_port: int, identity: str = IDENTITY) -> Outcome:
     """One session of iotdtls-client through its own iotdtls-netem (seed = index).
 
     It completes when (1) an echo of one of this session's lines comes back - the client only reads stdin
@@ -449,7 +452,7 @@ def iotdtls_client_session(index: int, target_port: int) -> Outcome:
     port = free_udp_port()
     tag = f"session {index} ping"
     with netem(port, target_port, index, *IMPAIRMENT) as proxy:
-        argv = [*CLIENT, "127.0.0.1", str(port), "--psk-identity", IDENTITY, "--psk", KEY_HEX, "--linger", "1",
+        argv = [*CLIENT, "127.0.0.1", str(port), "--psk-identity", identity, "--psk", KEY_HEX, "--linger", "1",
                 *TIMERS]
         with run_peer("iotdtls-client", argv) as client:
             start = time.monotonic()
@@ -499,12 +502,12 @@ def summary(label: str, outcomes: list[Outcome]) -> str:
 
 
 def test_iotdtls_client_to_iotdtls_server_through_netem(tmp_path: Path) -> None:
-    psk = tmp_path / "psk.txt"
-    psk.write_text(f"{IDENTITY}:{KEY_HEX}\n")
+    psk = tmp_path / "psk.txt"  # 20 devices, each its own identity (the server keeps one session per identity)
+    psk.write_text("".join(f"dev{i}:{KEY_HEX}\n" for i in range(1, 21)))
     port = free_udp_port()
     argv = [*SERVER, "--port", str(port), "--psk-file", str(psk), *TIMERS]
     with run_peer("iotdtls-server", argv, listen_port=port) as server:
-        outcomes = run_sessions(20, lambda i: iotdtls_client_session(i, port))
+        outcomes = run_sessions(20, lambda i: iotdtls_client_session(i, port, f"dev{i}"))
         time.sleep(0.5)
         completed = server.stderr.text().count("handshake complete")
         failed = server.stderr.text().count("handshake failed")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers import raw_records
+from helpers import KEY, raw_records
 from netsim import (
     CLIENT_ADDR,
     ClientEndpoint,
@@ -141,14 +141,15 @@ def test_clean_network_figures() -> None:
 
 
 def test_many_clients_one_server() -> None:
-    """Twenty clients, each on its own impaired pair of links, against one server front."""
+    """Twenty devices (each its own identity), each on its own impaired pair of links, against one server."""
     rng = random.Random(5)
-    _, sconf = psk_configs(rng, retransmit_max=8.0)
+    store = {b"dev%d" % i: KEY for i in range(20)}
+    _, sconf = psk_configs(rng, server_overrides={"psk_store": store}, retransmit_max=8.0)
     net = Network(sconf, rng)
     checker = FinishedOrder(net)
     eps = []
     for i in range(20):
-        cconf, _ = psk_configs(rng, retransmit_max=8.0)
+        cconf, _ = psk_configs(rng, {"psk_identity": b"dev%d" % i}, retransmit_max=8.0)
         link = LinkParams(loss=0.3, dup=0.1, reorder=0.3)
         eps.append(net.add_client(cconf, ("192.0.2.10", 41000 + i), link, link, start=i * 0.05))
     net.run(stop=lambda: all(ep.established_at is not None for ep in eps))
@@ -370,7 +371,7 @@ def test_reordered_records_within_window_delivered_once_duplicates_dropped() -> 
     for i in range(64):
         ep.conn.send(b"m%d" % i)
     net.flush_client(ep)
-    net.run()
+    net.run(until=net.now + 60.0)  # not on to the server's 24 h idle timeout
     assert sorted(server_payloads(net)) == sorted(b"m%d" % i for i in range(64))
     assert server_payloads(net)[:3] == [b"m63", b"m62", b"m61"]
     assert ep.up.stats.delivered - before == 128  # the duplicates did reach the server and were dropped there
@@ -392,7 +393,7 @@ def test_records_older_than_the_window_dropped(window: int) -> None:
     for i in range(100):
         ep.conn.send(b"m%d" % i)
     net.flush_client(ep)
-    net.run()
+    net.run(until=net.now + 60.0)  # not on to the server's 24 h idle timeout
     top = max(seqs.values())
     expected = [b"m99"] + [b"m%d" % i for i in range(100 - window, 99)]
     assert server_payloads(net) == expected
@@ -488,7 +489,8 @@ def test_dead_peer_times_out_after_the_budget(initial: float, maximum: float, bu
 
 def test_stalled_client_releases_the_server_slot_at_the_budget() -> None:
     """The client goes silent after its ClientHello with cookie: the server retransmits its flight on the same
-    schedule from the moment it accepted (0.06 s) and drops the connection at 0.06 + 120 s."""
+    schedule from the moment it accepted (0.06 s) while it stays within 3x the bytes the client sent (the two
+    hellos), and drops the connection at 0.06 + 120 s."""
     net, ep = clean_network()
     ep.up.script = lambda index, dgram: [] if index >= 2 else None
     net.run(until=1.0)
@@ -497,7 +499,11 @@ def test_stalled_client_releases_the_server_slot_at_the_budget() -> None:
     sconn = net.server_conn(CLIENT_ADDR)
     assert sconn is not None and isinstance(sconn.error, HandshakeTimeout)
     flights = [t for t, src, _, d in net.sent or [] if src == "server" and carries(d, HS) and t > 0.05]
-    assert flights == pytest.approx([0.06 + t for t in attempt_times(2.0, 8.0, 120.0)])
+    hellos = sum(len(d) for _, src, _, d in [e for e in net.sent or [] if e[1] == CLIENT_ADDR][:2])
+    flight = next(len(d) for t, src, _, d in net.sent or [] if src == "server" and carries(d, HS) and t > 0.05)
+    # the HelloVerifyRequest (44 B) and 4 flights of 99 B: 440 B <= 3 x (77 + 93) B
+    assert len(flights) == (3 * hellos - 44) // flight == 4
+    assert flights == pytest.approx([0.06 + t for t in attempt_times(2.0, 8.0, 120.0)][:4])
     ended = [t for t, a, e in net.server_events if type(e).__name__ == "ConnectionTerminated"]
     assert ended == [pytest.approx(120.06)]
     assert net.server.handshakes_in_progress == 0 and CLIENT_ADDR not in net.server.connections

@@ -308,7 +308,7 @@ def test_data_after_close_notify_or_fatal_alert_is_ignored(closer: str, how: str
     else:
         closing.close()
     if closing is conn:
-        pair.server._collect(CLIENT_ADDR, conn)
+        pair.server._collect(conn, pair.now)
         alert = pair.s2c()
     else:
         alert = pair.c2s()

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 from ..config import DTLSConfiguration
 from ..errors import ConnectionClosed
-from ..events import ConnectionTerminated, DataReceived, HandshakeCompleted
+from ..events import ConnectionTerminated, DataReceived, HandshakeCompleted, ReplacementFailed
 from ..server import DTLSServer
 from ..trust import PeerCredential
 from .queue import DataQueue
+from .sockbuf import DEFAULT_RECEIVE_BUFFER, set_receive_buffer
+
+_log = logging.getLogger("iotdtls.aio")
 
 SessionHandler = Callable[["ServerSession"], Awaitable[None] | None]
 
@@ -48,9 +52,8 @@ class ServerSession:
 
 
 class Server(asyncio.DatagramProtocol):
-    def __init__(self, config: DTLSConfiguration, handler: SessionHandler | None, max_sessions: int,
-                 max_handshakes: int) -> None:
-        self.core = DTLSServer(config, max_sessions=max_sessions, max_handshakes=max_handshakes)
+    def __init__(self, config: DTLSConfiguration, handler: SessionHandler | None, limits: dict[str, Any]) -> None:
+        self.core = DTLSServer(config, **limits)
         self._loop = asyncio.get_running_loop()
         self._handler = handler
         self._transport: asyncio.DatagramTransport | None = None
@@ -60,8 +63,11 @@ class Server(asyncio.DatagramProtocol):
         self._new: asyncio.Queue[ServerSession] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = self._loop.create_future()
-        #: Optional observer of handshake results: (peer, identity or None, error or None).
+        #: Optional observer of handshake results: (peer, identity or None, error or None). A failed new
+        #: handshake from the address of a live session (which goes on) is reported too.
         self.on_handshake: Callable[[Any, bytes | None, Exception | None], None] | None = None
+        #: The UDP receive buffer the kernel granted (bytes, as the kernel reports it).
+        self.receive_buffer = 0
 
     @property
     def address(self) -> tuple[str, int]:
@@ -105,6 +111,8 @@ class Server(asyncio.DatagramProtocol):
                     session._data.close(event.error or ConnectionClosed("peer closed the session"))
                 elif event.error is not None and self.on_handshake is not None:
                     self.on_handshake(addr, None, event.error)
+            elif isinstance(event, ReplacementFailed) and self.on_handshake is not None:
+                self.on_handshake(addr, None, event.error)
         when = core.get_timer()
         if when != self._timer_at:
             if self._timer is not None:
@@ -138,8 +146,7 @@ class Server(asyncio.DatagramProtocol):
 
     def close(self) -> None:
         """Send close_notify to every peer and close the socket."""
-        for addr in list(self.core.connections):
-            self.core.close(addr)
+        self.core.close_all()
         self._pump()
         if self._timer is not None:
             self._timer.cancel()
@@ -161,12 +168,23 @@ class Server(asyncio.DatagramProtocol):
 
 
 async def serve(host: str, port: int, config: DTLSConfiguration, handler: SessionHandler | None = None, *,
-                max_sessions: int = 10000, max_handshakes: int = 100) -> Server:
+                max_sessions: int = 10000, max_handshakes: int = 100, max_handshakes_per_ip: int | None = None,
+                max_sessions_per_identity: int | None = 1, max_anonymous_per_ip: int | None = 4,
+                max_datagram: int | None = None, receive_buffer: int = DEFAULT_RECEIVE_BUFFER) -> Server:
     """Serve DTLS on ``(host, port)``. Each authenticated peer becomes a :class:`ServerSession`, passed to
     ``handler`` (a function or coroutine function) or, without one, yielded by ``async for`` on the server.
-    Handshake and idle timeouts come from ``config``."""
+    Handshake and idle timeouts come from ``config``; the limits are those of :class:`~iotdtls.DTLSServer`.
+    ``receive_buffer`` is the UDP socket buffer asked of the kernel (0: the system default)."""
     config.is_client = False
+    limits: dict[str, Any] = {
+        "max_sessions": max_sessions, "max_handshakes": max_handshakes, "max_handshakes_per_ip": max_handshakes_per_ip,
+        "max_sessions_per_identity": max_sessions_per_identity, "max_anonymous_per_ip": max_anonymous_per_ip,
+        "max_datagram": max_datagram,
+    }
     loop = asyncio.get_running_loop()
-    _, server = await loop.create_datagram_endpoint(
-        lambda: Server(config, handler, max_sessions, max_handshakes), local_addr=(host, port))
+    transport, server = await loop.create_datagram_endpoint(lambda: Server(config, handler, limits),
+                                                            local_addr=(host, port))
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        server.receive_buffer = set_receive_buffer(sock, receive_buffer, _log)
     return server

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 from typing import Any
 
 from ..aio import ServerSession, serve
+from ..aio.sockbuf import DEFAULT_RECEIVE_BUFFER
 from ..config import DTLSConfiguration
 from ..constants import CipherSuite
 from ..errors import DTLSError
@@ -21,6 +23,9 @@ from .common import (
     describe_error,
     fail,
     load_psk_file,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
 )
 
 
@@ -31,9 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--psk-file", metavar="FILE", help="identity:hexkey per line")
     p.add_argument("--psk-hint", metavar="TEXT", help="PSK identity hint (sends ServerKeyExchange)")
-    p.add_argument("--max-sessions", type=int, default=10000)
-    p.add_argument("--max-handshakes", type=int, default=100)
-    p.add_argument("--idle-timeout", type=float, metavar="S")
+    limits = p.add_argument_group("limits (docs/resources.md)")
+    limits.add_argument("--max-sessions", type=positive_int, default=10000, metavar="N",
+                        help="established sessions; beyond, the least recently active is closed (default 10000)")
+    limits.add_argument("--max-handshakes", type=positive_int, default=100, metavar="N",
+                        help="handshakes in progress (default 100)")
+    limits.add_argument("--max-handshakes-per-ip", type=positive_int, metavar="N",
+                        help="handshakes in progress per source IP or IPv6 /64 (default a quarter of the total)")
+    limits.add_argument("--max-sessions-per-identity", type=non_negative_int, default=1, metavar="N",
+                        help="sessions per PSK identity or client key; a new one closes the oldest (default 1, "
+                        "0: no limit)")
+    limits.add_argument("--max-anonymous-per-ip", type=non_negative_int, default=4, metavar="N",
+                        help="sessions of clients without a key, per source IP (default 4, 0: no limit)")
+    limits.add_argument("--idle-timeout", type=non_negative_float, metavar="S",
+                        help="close sessions silent for S seconds (default 86400, 0: never)")
+    limits.add_argument("--max-datagram", type=positive_int, metavar="BYTES",
+                        help="drop longer datagrams before decrypting them (default: no limit)")
+    limits.add_argument("--receive-buffer", type=non_negative_int, default=DEFAULT_RECEIVE_BUFFER, metavar="BYTES",
+                        help=f"UDP receive buffer to ask for (default {DEFAULT_RECEIVE_BUFFER}, 0: system default)")
     add_common(p)
     add_public_key(p, server=True)
     return p
@@ -65,11 +85,18 @@ async def run(args: argparse.Namespace, config: DTLSConfiguration) -> None:
             log(f"{where}: handshake complete, identity={identity.decode(errors='replace')!r}, suite={suite}")
         else:
             text = describe_error(error, peer="client")
-            log(f"{where}: {text if text.startswith('handshake failed') else 'handshake failed: ' + text}")
+            text = text if text.startswith("handshake failed") else "handshake failed: " + text
+            live = server.core.connections.get(peer)
+            if live is not None and live.is_established:
+                text = "new " + text + " (the session at this address goes on)"
+            log(f"{where}: {text}")
 
     try:
         server = await serve(args.host, args.port, config, echo, max_sessions=args.max_sessions,
-                             max_handshakes=args.max_handshakes)
+                             max_handshakes=args.max_handshakes, max_handshakes_per_ip=args.max_handshakes_per_ip,
+                             max_sessions_per_identity=args.max_sessions_per_identity or None,
+                             max_anonymous_per_ip=args.max_anonymous_per_ip or None,
+                             max_datagram=args.max_datagram, receive_buffer=args.receive_buffer)
     except OSError as exc:
         raise UsageError(f"cannot bind {args.host}:{args.port}: {exc.strerror}") from None
     server.on_handshake = on_handshake
@@ -85,6 +112,8 @@ async def run(args: argparse.Namespace, config: DTLSConfiguration) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    # evictions, refusals and buffer warnings of the server front (rate limited there) go to stderr
+    logging.basicConfig(level=logging.WARNING, format="iotdtls-server: %(message)s")
     try:
         if not args.psk_file and not args.key:
             raise UsageError("give --psk-file, --key, or both")
