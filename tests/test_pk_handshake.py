@@ -4,6 +4,8 @@ under loss (``tests/netsim.py``)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import datetime
 import itertools
 import random
@@ -596,8 +598,25 @@ def test_small_mtu_without_loss(mtu: int, profile: str, datagrams: int) -> None:
 @pytest.mark.parametrize(("mtu", "profile"), [(256, "rpk"), (128, "rpk"), (256, "chain")])
 def test_small_mtu_under_loss(mtu: int, profile: str) -> None:
     client, server = RPK_MUTUAL if profile == "rpk" else CHAIN_MUTUAL
+    if profile == "chain":
+        # Without the amplification limit: a 3-certificate flight of ~1.7 KB is retransmitted whole every time.
+        # With it, see the next test.
+        server = {**server, "amplification_factor": None}
     for seed in range(200):
         sim(seed, mtu, client, server)
+
+
+def test_certificate_chain_under_loss_within_the_amplification_limit() -> None:
+    """The default limit holds a 3-certificate flight's retransmissions to 3x what the client sends (its
+    retransmitted hellos of ~115 B), so at 30% loss, 10% duplication and 30% reordering fewer handshakes
+    finish within the 120 s budget: 153 of 200 when measured (200 without the limit; raw public keys and PSK
+    are not affected, their flights fit the budget). docs/lossy-networks.md has the figures."""
+    completed = 0
+    for seed in range(200):
+        with contextlib.suppress(AssertionError):
+            sim(seed, 256, *CHAIN_MUTUAL)
+            completed += 1
+    assert completed >= 140, completed
 
 
 @pytest.mark.parametrize("mtu", [128, 256])
