@@ -4,6 +4,7 @@ findings against a real ``iotdtls-server`` over UDP are in tests/test_attacks.py
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 from collections.abc import Callable
@@ -157,7 +158,7 @@ def test_duplicated_hello_of_the_session_itself_is_harmless() -> None:
     lan.establish(HERE, seed=1)
     own = hello_with_cookie(lan, HERE)
     lan.events.clear()
-    for k in range(5):
+    for _ in range(5):
         lan.now += 3.0
         lan.send_raw(HERE, own)
     lan.down(HERE)
@@ -414,7 +415,7 @@ def test_repeated_hellos_bring_the_flight_back_no_sooner_than_the_timer() -> Non
         lan.send_raw(HERE, hello)
         if any(way == "down" for _, way, _ in lan.wire[before:]):
             sent_at.append(lan.now)
-    gaps = [b - a for a, b in zip(sent_at, sent_at[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(sent_at)]
     assert sent_at and min(gaps) >= 2.0 - 1e-9
     up = sum(len(d) for _, way, d in lan.wire if way == "up")
     down = sum(len(d) for _, way, d in lan.wire if way == "down")

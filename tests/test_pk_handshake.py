@@ -5,7 +5,6 @@ under loss (``tests/netsim.py``)."""
 from __future__ import annotations
 
 import contextlib
-
 import datetime
 import itertools
 import random
