@@ -23,6 +23,7 @@ an upper bound.  Randomness is seeded and the clock is virtual, so runs are repe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import linecache
@@ -62,8 +63,14 @@ def client_config(seed: int = 1, **kw: Any) -> DTLSConfiguration:
     return DTLSConfiguration(is_client=True, psk_identity=IDENTITY, psk=KEY, random=seeded(seed), **kw)
 
 
+def fleet_key(identity: bytes) -> bytes | None:
+    """Every device of the fleet (``dev...``) has the same test key; each session has its own identity, since
+    the server keeps one session per identity."""
+    return KEY if identity.startswith(IDENTITY) else None
+
+
 def server_config(seed: int = 2, **kw: Any) -> DTLSConfiguration:
-    return DTLSConfiguration(is_client=False, psk_store={IDENTITY: KEY}, random=seeded(seed), **kw)
+    return DTLSConfiguration(is_client=False, psk_store=fleet_key, random=seeded(seed), **kw)
 
 
 def rss() -> int | None:
@@ -144,7 +151,8 @@ def _feed(server: DTLSServer, addrs: list[Addr], hellos: list[bytes], start: int
 
 def _peer_state(server: DTLSServer) -> dict[str, int]:
     return {"connections": len(server.connections), "_partial_hellos": len(server._partial_hellos),
-            "_armed": len(server._armed), "_heap": len(server._heap), "_handshaking": len(server._handshaking),
+            "_armed": len(server._armed), "_heap": len(server._heap), "_slots": len(server._slots),
+            "_successors": len(server._successors),
             "_events": len(server._events), "_out": len(server._out), "cookie secrets": len(server._cookies._cache)}
 
 
@@ -305,8 +313,10 @@ def handshakes_in_progress(n: int) -> dict[str, Any]:
 
 # -- 4. established sessions ---------------------------------------------------------------------------------
 def _establish(server: DTLSServer, addrs: list[Addr], cfg: DTLSConfiguration) -> None:
-    for addr in addrs:
-        client = DTLSConnection(cfg, peer="server", validate=False)
+    """One session per address, each of its own identity (``dev1-<n>``)."""
+    for n, addr in enumerate(addrs):
+        client = DTLSConnection(dataclasses.replace(cfg, psk_identity=b"%s-%d" % (IDENTITY, n)), peer="server",
+                                validate=False)
         client.connect(1.0)
         for _ in range(3):
             for d in client.datagrams_to_send(1.0):

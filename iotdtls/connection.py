@@ -392,6 +392,7 @@ class DTLSConnection(HandshakeLayer):
     def _handshake_done(self) -> None:
         self._state = _ESTABLISHED
         self._amp_limit = False
+        self._amp_received = self._amp_sent = 0
         self._max_payload = self.max_payload
         # Handshake-only state is released: it decides how many sessions one gateway holds.
         self._transcript = _NO_TRANSCRIPT

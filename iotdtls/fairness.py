@@ -99,16 +99,17 @@ class HandshakeSlots(Generic[C]):
 
 class SessionTable(Generic[C]):
     """Established sessions: least recently active first, indexed by identity and, for anonymous peers (those
-    that authenticated with nothing), by source network."""
+    that authenticated with nothing), by source network. Per session it costs one ordered-dict entry (whose
+    value is the identity) and one small list entry; anonymous sessions are kept in two more ordered dicts."""
 
     def __init__(self) -> None:
-        self._lru: OrderedDict[C, None] = OrderedDict()
-        self._anonymous_lru: OrderedDict[C, None] = OrderedDict()
-        self._identity: dict[C, bytes] = {}
-        self._by_identity: dict[bytes, OrderedDict[C, None]] = {}
+        #: every session, least recently active first, with its identity (b"" for anonymous)
+        self._lru: OrderedDict[C, bytes] = OrderedDict()
+        #: sessions per identity, oldest first (usually one)
+        self._by_identity: dict[bytes, list[C]] = {}
+        self._anonymous_lru: OrderedDict[C, Hashable] = OrderedDict()  # value: the source network
         #: anonymous sessions per source network, least recently active first
         self._anonymous: dict[Hashable, OrderedDict[C, None]] = {}
-        self._network_of: dict[C, Hashable] = {}
 
     def __len__(self) -> int:
         return len(self._lru)
@@ -117,39 +118,38 @@ class SessionTable(Generic[C]):
         return conn in self._lru
 
     def add(self, conn: C, identity: bytes, network: Hashable) -> None:
-        self._lru[conn] = None
-        self._identity[conn] = identity
+        self._lru[conn] = identity
         if identity:
-            self._by_identity.setdefault(identity, OrderedDict())[conn] = None
+            self._by_identity.setdefault(identity, []).append(conn)
         else:
-            self._anonymous_lru[conn] = None
-            self._network_of[conn] = network
+            self._anonymous_lru[conn] = network
             self._anonymous.setdefault(network, OrderedDict())[conn] = None
 
     def discard(self, conn: C) -> None:
-        if conn not in self._lru:
+        identity = self._lru.pop(conn, None)
+        if identity is None:
             return
-        del self._lru[conn]
-        identity = self._identity.pop(conn)
         if identity:
-            index: dict[Hashable, OrderedDict[C, None]] = self._by_identity  # type: ignore[assignment]
-            key: Hashable = identity
-        else:
-            del self._anonymous_lru[conn]
-            index, key = self._anonymous, self._network_of.pop(conn)
-        group = index[key]
-        del group[conn]
-        if not group:
-            del index[key]
+            group = self._by_identity[identity]
+            group.remove(conn)
+            if not group:
+                del self._by_identity[identity]
+            return
+        network = self._anonymous_lru.pop(conn)
+        members = self._anonymous[network]
+        del members[conn]
+        if not members:
+            del self._anonymous[network]
 
     def touch(self, conn: C) -> None:
         """``conn`` was just active: it becomes the most recently active session."""
         lru = self._lru
         if conn in lru:
             lru.move_to_end(conn)
-            if conn in self._anonymous_lru:
+            network = self._anonymous_lru.get(conn)
+            if network is not None:
                 self._anonymous_lru.move_to_end(conn)
-                self._anonymous[self._network_of[conn]].move_to_end(conn)
+                self._anonymous[network].move_to_end(conn)
 
     def anonymous(self, conn: C) -> bool:
         return conn in self._anonymous_lru
@@ -159,14 +159,14 @@ class SessionTable(Generic[C]):
         group = self._by_identity.get(identity)
         if not group or len(group) <= cap:
             return []
-        return list(group)[: len(group) - cap]
+        return group[: len(group) - cap]
 
     def anonymous_excess(self, network: Hashable, cap: int, keep: C) -> list[C]:
         """Anonymous sessions from ``network`` beyond ``cap``, least recently active first, never ``keep``."""
-        group = self._anonymous.get(network)
-        if not group or len(group) <= cap:
+        members = self._anonymous.get(network)
+        if not members or len(members) <= cap:
             return []
-        return [c for c in group if c is not keep][: len(group) - cap]
+        return [c for c in members if c is not keep][: len(members) - cap]
 
     def eviction_victim(self, newcomer: C) -> C | None:
         """The session to evict so that ``newcomer`` fits: the least recently active anonymous session if there
