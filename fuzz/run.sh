@@ -21,7 +21,7 @@ export PYTHONDONTWRITEBYTECODE=1
 declare -A MODULES=(
     [fuzz_record]="iotdtls/record.py"
     [fuzz_handshake_messages]="iotdtls/messages.py,iotdtls/pkmessages.py,iotdtls/reassembly.py,iotdtls/buffer.py"
-    [fuzz_server]="iotdtls/server.py,iotdtls/connection.py,iotdtls/handshake.py,iotdtls/handshake_pk.py,iotdtls/transport.py,iotdtls/cookie.py"
+    [fuzz_server]="iotdtls/server.py,iotdtls/fairness.py,iotdtls/connection.py,iotdtls/handshake.py,iotdtls/handshake_pk.py,iotdtls/transport.py,iotdtls/cookie.py"
     [fuzz_client]="iotdtls/connection.py,iotdtls/handshake.py,iotdtls/handshake_pk.py,iotdtls/transport.py,iotdtls/reassembly.py"
 )
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from helpers import KEY, client_config, drain, pk_client_config, pk_server_config, server_config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from iotdtls import (
     ConnectionReplaced,
@@ -545,3 +547,57 @@ def test_rate_limited_log_counts_what_it_suppresses(caplog: pytest.LogCaptureFix
     assert messages.count("refused x") == 1 and messages.count("other") == 1
     assert "refused x (59 more since the last report)" in messages
     assert len([m for m in messages if m.startswith("refused")]) == 3
+
+
+# -- robustness: anything at an address with a session and a second handshake ------------------------------
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["garbage", "flip", "replay", "old", "new"]), st.binary(max_size=64),
+                          st.integers(0, 10_000)), max_size=12))
+def test_anything_sent_beside_a_second_handshake_leaves_the_session_working(
+        inputs: list[tuple[str, bytes, int]]) -> None:
+    """A session, a second handshake started from its address by a replayed hello, then garbage, bit flips,
+    replays of either side's datagrams, and the new handshake's own datagrams in any order: no exception, the
+    session carries data afterwards unless the new handshake completed (then that one does)."""
+    lan = Lan(DTLSServer(server_config(psk_store=FLEET)))
+    lan.establish(HERE, seed=1)
+    replay = hello_with_cookie(lan, HERE)
+    old_wire = [d for _, _, d in lan.wire]
+    lan.establish(HERE, seed=2)
+    lan.send_raw(HERE, replay)
+    new = DTLSConnection(client_config(seed=9, psk_identity=b"dev9"), peer="server")
+    new.connect(lan.now)
+    pending = new.datagrams_to_send(lan.now)
+    for kind, blob, n in inputs:
+        lan.now += 0.05
+        if kind == "garbage":
+            lan.send_raw(HERE, blob)
+        elif kind == "flip" and old_wire:
+            d = bytearray(old_wire[n % len(old_wire)])
+            d[n % len(d)] ^= 1 << (n % 8)
+            lan.send_raw(HERE, bytes(d))
+        elif kind == "replay" and old_wire:
+            lan.send_raw(HERE, old_wire[n % len(old_wire)])
+        elif kind == "old":
+            lan.devices[HERE].send(blob or b"x")
+            lan.up(HERE)
+        else:
+            for d in pending:
+                lan.send_raw(HERE, d)
+            lan.collect()
+            for d in lan.mail.pop(HERE, []):
+                new.receive_datagram(d, lan.now)
+                lan.devices[HERE].receive_datagram(d, lan.now)
+            pending = new.datagrams_to_send(lan.now)
+    lan.collect()
+    current = lan.server.connections.get(HERE)
+    assert current is not None and current.is_established
+    if current.identity == b"dev9":
+        assert new.is_established
+    else:
+        assert current.identity == b"dev2"
+        lan.mail.pop(HERE, None)
+        drain(lan.devices[HERE])
+        data_flows(lan, HERE, b"after")
