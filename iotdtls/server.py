@@ -421,8 +421,8 @@ class DTLSServer:
 
     def _evict(self, conn: DTLSConnection, stat: str, reason: str, now: float) -> None:
         self.stats[stat] += 1
-        level = logging.INFO if stat == "sessions_evicted_identity" else logging.WARNING
-        self._log(stat, now, level, "session %s (%s) closed: %s", _where(conn.peer), _identity_text(conn), reason)
+        self._log(stat, now, logging.WARNING, "session %s (%s) closed: %s", _where(conn.peer), _identity_text(conn),
+                  reason)
         conn.close(SessionEvicted(reason))
         self._collect(conn, now)
 
