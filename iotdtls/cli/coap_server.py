@@ -19,10 +19,11 @@ from aiocoap.credentials import CredentialsLoadError
 from aiocoap.numbers import COAPS_PORT
 from aiocoap.util import hostportsplit
 
+from ..aio.sockbuf import DEFAULT_RECEIVE_BUFFER
 from ..coap import server_context
 from ..coap.credentials import load_credentials
 from ..config import DTLSConfiguration
-from .common import UsageError, fail
+from .common import UsageError, fail, non_negative_int, positive_int
 
 
 class TimeResource(resource.ObservableResource):  # type: ignore[misc]
@@ -113,6 +114,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-client-auth", action="store_true",
                    help="refuse public-key clients without a trusted key")
     p.add_argument("--observe-interval", type=float, default=1.0, metavar="S", help="/time notification period")
+    bounds = p.add_argument_group("bounds", "what one session can make the server hold (docs/coap.md#bounds)")
+    bounds.add_argument("--max-datagram", type=int, default=None, metavar="BYTES",
+                        help="drop longer DTLS datagrams before decrypting them (default 1500, or the mtu)")
+    bounds.add_argument("--max-message-size", type=int, default=1152, metavar="BYTES",
+                        help="answer longer CoAP requests 4.13 (default 1152)")
+    bounds.add_argument("--max-options", type=int, default=64, metavar="N",
+                        help="answer requests with more options 4.02 (default 64)")
+    bounds.add_argument("--max-upload", type=int, default=64 * 1024, metavar="BYTES",
+                        help="largest request body taken in Block1 blocks (default 65536)")
+    bounds.add_argument("--max-observers", type=int, default=8, metavar="N",
+                        help="observations per session; more are served without Observe (default 8)")
+    fair = p.add_argument_group("DTLS limits", "who gets a handshake and a session (docs/resources.md)")
+    fair.add_argument("--max-sessions", type=positive_int, default=10000, metavar="N",
+                      help="established sessions; beyond, the least recently active is closed (default 10000)")
+    fair.add_argument("--max-handshakes", type=positive_int, default=1000, metavar="N",
+                      help="handshakes in progress (default 1000; a quarter of them per source IP)")
+    fair.add_argument("--max-sessions-per-identity", type=non_negative_int, default=1, metavar="N",
+                      help="sessions per PSK identity or client key; a new one closes the oldest (default 1, "
+                      "0: no limit)")
+    fair.add_argument("--receive-buffer", type=non_negative_int, default=DEFAULT_RECEIVE_BUFFER, metavar="BYTES",
+                      help=f"UDP receive buffer to ask for (default {DEFAULT_RECEIVE_BUFFER}, 0: system default)")
     p.add_argument("-v", "--verbose", action="store_true", help="log sessions")
     return p
 
@@ -132,7 +154,12 @@ async def run(args: argparse.Namespace) -> None:
         config.mtu = args.mtu
     try:
         ctx = await server_context(build_site(args.observe_interval), (host, port or COAPS_PORT), credentials,
-                                   config=config)
+                                   config=config, max_datagram=args.max_datagram,
+                                   max_message_size=args.max_message_size, max_options=args.max_options,
+                                   max_upload_bytes=args.max_upload, max_observers_per_session=args.max_observers,
+                                   max_sessions=args.max_sessions, max_handshakes=args.max_handshakes,
+                                   max_sessions_per_identity=args.max_sessions_per_identity or None,
+                                   receive_buffer=args.receive_buffer)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:

@@ -1,12 +1,16 @@
 """The server half of the aiocoap transport: one UDP socket, a sans-IO :class:`~iotdtls.server.DTLSServer` in
-front, one aiocoap remote per authenticated peer with its ``authenticated_claims``."""
+front, one aiocoap remote per authenticated peer with its ``authenticated_claims``.
+
+Datagrams longer than ``max_datagram`` are dropped by the DTLS server before decryption; decrypted CoAP messages
+pass :func:`~iotdtls.coap.precheck.precheck` (size, option count) before aiocoap decodes them; the message
+manager (:class:`~iotdtls.coap.manager.BoundedMessageManager`) keeps the rest bounded. ``transport.stats`` counts
+what each bound refused, and what is held."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import socket
 from typing import Any
 
 from aiocoap import Message, error, interfaces
@@ -14,14 +18,27 @@ from aiocoap.credentials import CredentialsMap
 from aiocoap.numbers import COAPS_PORT
 from aiocoap.util import hostportjoin
 
+from ..aio.sockbuf import DEFAULT_RECEIVE_BUFFER, set_receive_buffer
 from ..config import DTLSConfiguration
 from ..events import ConnectionTerminated, DataReceived, HandshakeCompleted
 from ..server import DTLSServer
 from .credentials import claims_for
 from .hostinfo import local_hostinfo
+from .limits import ServerLimits
+from .manager import BoundedMessageManager
+from .precheck import precheck
 from .sizing import block_size_exp_for_mtu
 
 Address = Any  # what the UDP socket reports: (host, port[, flowinfo, scope_id])
+
+#: What a server remote tells aiocoap it may send in one message: more than any response, so aiocoap's resources
+#: never cut responses into blocks themselves (nor keep them in their per-resource Block2Cache); the message
+#: manager does, bounded, at ``maximum_block_size_exp``.
+UNSLICED = 1 << 40
+
+#: Counters of the transport itself (see :attr:`IotdtlsServerTransport.stats`).
+PRECHECK_COUNTERS = ("dropped_unparsable", "dropped_too_big", "refused_too_big", "dropped_too_many_options",
+                     "refused_too_many_options")
 
 
 class ServerRemote(interfaces.EndpointAddress):  # type: ignore[misc]
@@ -30,8 +47,8 @@ class ServerRemote(interfaces.EndpointAddress):  # type: ignore[misc]
     scheme = "coaps"
     is_multicast = False
     is_multicast_locally = False
-    #: Largest RFC 7959 block size exponent whose blocks fit one DTLS record (a plain attribute: aiocoap
-    #: lowers it per remote when a peer asks for smaller blocks).
+    #: Largest RFC 7959 block size exponent whose blocks fit one DTLS record; responses larger than a block are
+    #: sliced to it (or to the smaller size a request asks for).
     maximum_block_size_exp: int = 6
 
     def __init__(self, transport: IotdtlsServerTransport, addr: Address, identity: bytes, claims: list[str],
@@ -58,7 +75,7 @@ class ServerRemote(interfaces.EndpointAddress):  # type: ignore[misc]
 
     @property
     def maximum_payload_size(self) -> int:
-        return 1 << (self.maximum_block_size_exp + 4)
+        return UNSLICED
 
     def __repr__(self) -> str:
         return f"<ServerRemote {self.hostinfo} identity={self.identity!r}>"
@@ -68,35 +85,57 @@ class IotdtlsServerTransport(interfaces.MessageInterface, asyncio.DatagramProtoc
     """aiocoap MessageInterface serving ``coaps://`` on one UDP socket."""
 
     def __init__(self, mman: Any, config: DTLSConfiguration, credentials: CredentialsMap, log: logging.Logger,
-                 *, max_sessions: int, max_handshakes: int) -> None:
+                 *, max_sessions: int, max_handshakes: int, limits: ServerLimits | None = None,
+                 **fairness: int | None) -> None:
         self._mman = mman
         self._credentials = credentials
         self.log = log
-        self.core = DTLSServer(config, max_sessions=max_sessions, max_handshakes=max_handshakes)
+        self.limits = limits = limits or ServerLimits()
+        limits.validate()
+        self.core = DTLSServer(config, max_sessions=max_sessions, max_handshakes=max_handshakes,
+                               max_datagram=limits.datagram_limit(config.mtu), **fairness)
+        self._precheck_stats = dict.fromkeys(PRECHECK_COUNTERS, 0)
         self._block_exp = block_size_exp_for_mtu(config.mtu)
         self._remotes: dict[Address, ServerRemote] = {}
+        #: the message manager whose stats ``stats`` reports (server_context's; None for a plain aiocoap one)
+        self._bounded = mman if isinstance(mman, BoundedMessageManager) else None
         self._udp: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        #: The UDP receive buffer the kernel granted (bytes, as the kernel reports it).
+        self.receive_buffer = 0
 
     @classmethod
     async def create(cls, mman: Any, bind: tuple[str, int] | None, config: DTLSConfiguration,
                      credentials: CredentialsMap, log: logging.Logger, *, max_sessions: int = 10000,
-                     max_handshakes: int = 1000, receive_buffer: int = 4 << 20) -> IotdtlsServerTransport:
+                     max_handshakes: int = 1000, receive_buffer: int = DEFAULT_RECEIVE_BUFFER,
+                     limits: ServerLimits | None = None, **fairness: int | None) -> IotdtlsServerTransport:
         host, port = bind or ("::", COAPS_PORT)
-        self = cls(mman, config, credentials, log, max_sessions=max_sessions, max_handshakes=max_handshakes)
+        self = cls(mman, config, credentials, log, max_sessions=max_sessions, max_handshakes=max_handshakes,
+                   limits=limits, **fairness)
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
-        if receive_buffer:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
             # a burst of handshakes (a fleet coming back after a gateway restart) overflows the kernel's default
-            # ~200 KB socket buffer long before the CPU is busy; the kernel caps this at net.core.rmem_max
-            sock = transport.get_extra_info("socket")
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            # ~200 KB socket buffer long before the CPU is busy
+            self.receive_buffer = set_receive_buffer(sock, receive_buffer, log)
         return self
 
     @property
     def hostinfo_local(self) -> str:
         return local_hostinfo(self._udp)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters of what each bound refused or dropped, and gauges of what is held now: ``dropped_oversize``
+        (datagrams over ``max_datagram``), the precheck's ``dropped_*`` / ``refused_*``, and the message
+        manager's counters and gauges (:data:`iotdtls.coap.manager.COUNTERS`, ``dedup_bytes``, ``uploads``, ...)."""
+        out = {"dropped_oversize": self.core.stats.get("dropped_oversize", 0), "sessions": len(self._remotes)}
+        out.update(self._precheck_stats)
+        if self._bounded is not None:
+            out.update(self._bounded.stats)
+            out.update(self._bounded.gauges())
+        return out
 
     @property
     def address(self) -> tuple[str, int]:
@@ -127,12 +166,15 @@ class IotdtlsServerTransport(interfaces.MessageInterface, asyncio.DatagramProtoc
         return isinstance(remote, ServerRemote) and self._remotes.get(remote.address) is remote
 
     def send(self, message: Any) -> None:
-        remote: ServerRemote = message.remote
+        self.send_bytes(message.remote, message.encode())
+
+    def send_bytes(self, remote: ServerRemote, data: bytes) -> None:
+        """Send an encoded CoAP message over ``remote``'s DTLS session (the message manager encodes once)."""
         if self._remotes.get(remote.address) is not remote:
             self.log.info("Not sending to %s: its DTLS session has ended", remote.hostinfo)
             return
         try:
-            self.core.send(remote.address, message.encode())
+            self.core.send(remote.address, data)
         except Exception as exc:  # payload over the record budget, session closed meanwhile
             self.log.warning("Cannot send to %s: %s", remote.hostinfo, exc)
             return
@@ -159,10 +201,20 @@ class IotdtlsServerTransport(interfaces.MessageInterface, asyncio.DatagramProtoc
                 found = self._remotes.get(addr)
                 if found is None:
                     continue
+                limits = self.limits
+                verdict = precheck(event.data, max_message_size=limits.max_message_size,
+                                   max_options=limits.max_options, max_entity=limits.max_upload_bytes)
+                if not verdict.accept:
+                    self._precheck_stats[verdict.reason] += 1
+                    if verdict.reply is not None:
+                        with contextlib.suppress(Exception):  # the session closed meanwhile
+                            core.send(addr, verdict.reply)
+                    continue
                 try:
                     message = Message.decode(event.data, remote=found)
-                except error.UnparsableMessage:
-                    self.log.warning("Ignoring unparsable CoAP message from %s", found.hostinfo)
+                except Exception:  # error.UnparsableMessage, and UnicodeDecodeError for a bad text option
+                    self._precheck_stats["dropped_unparsable"] += 1
+                    self.log.info("Ignoring unparsable CoAP message from %s", found.hostinfo)
                     continue
                 if self._mman is not None:
                     self._mman.dispatch_message(message)
