@@ -43,6 +43,15 @@ def drain_server(server: DTLSServer) -> list[tuple[object, Event]]:
     return out
 
 
+def shuttle(client: DTLSConnection, server: DTLSServer, addr: object, now: float, rounds: int) -> None:
+    """``rounds`` times: the client's datagrams to the server at ``addr``, then the server's to the client."""
+    for _ in range(rounds):
+        for d in client.datagrams_to_send(now):
+            server.receive_datagram(d, addr, now)
+        for d, _ in server.datagrams_to_send(now):
+            client.receive_datagram(d, now)
+
+
 class Pair:
     """A client connection and a server front wired in memory; ``deliver`` hands datagrams over."""
 

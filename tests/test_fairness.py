@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers import KEY, client_config, drain, pk_client_config, pk_server_config, server_config
+from helpers import KEY, client_config, drain, pk_client_config, pk_server_config, server_config, shuttle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -449,11 +449,7 @@ def final_flight(identity: bytes, key: bytes) -> tuple[DTLSServer, bytes]:
     server = DTLSServer(server_config(seed=3))
     client = DTLSConnection(client_config(seed=4, psk_identity=identity, psk=key))
     client.connect(0.0)
-    for _ in range(2):
-        for d in client.datagrams_to_send(0.0):
-            server.receive_datagram(d, HERE, 0.0)
-        for d, _ in server.datagrams_to_send(0.0):
-            client.receive_datagram(d, 0.0)
+    shuttle(client, server, HERE, 0.0, rounds=2)
     (flight,) = client.datagrams_to_send(0.0)
     return server, flight
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from types import TracebackType
 
 import pytest
-from helpers import KEY, client_config, raw_records, seeded, server_config
+from helpers import KEY, client_config, raw_records, seeded, server_config, shuttle
 
 from iotdtls import ConnectionTerminated, DataReceived, DTLSConnection, DTLSServer, HandshakeCompleted, HandshakeTimeout
 from iotdtls.buffer import Buffer
@@ -511,11 +511,7 @@ def establish_sessions(n: int) -> tuple[DTLSServer, float]:
         for addr, cfg in zip(addrs, cfgs, strict=True):
             client = DTLSConnection(cfg, peer="server", validate=False)
             client.connect(1.0)
-            for _ in range(3):
-                for d in client.datagrams_to_send(1.0):
-                    server.receive_datagram(d, addr, 1.0)
-                for d, _ in server.datagrams_to_send(1.0):
-                    client.receive_datagram(d, 1.0)
+            shuttle(client, server, addr, 1.0, rounds=3)
             assert client.is_established
             while server.next_event() is not None:
                 pass

@@ -20,7 +20,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 from . import wire
-from .bounded import BoundedStore
+from .bounded import BoundedStore, StoreBacked
 
 #: RFC 7252 section 4.8.2 MAX_TRANSMIT_WAIT with the default parameters: how long a client may keep trying to
 #: get one block through, so the longest gap between two blocks of a live transfer.
@@ -83,7 +83,7 @@ class _Assembly:
         return ENTRY_COST + self.key_cost + sys.getsizeof(self.body)
 
 
-class Block1Assembler:
+class Block1Assembler(StoreBacked[Hashable, "_Assembly"]):
     """Request bodies in the making, per (session, request key)."""
 
     def __init__(self, *, max_per_session: int, max_bytes: int, max_total_bytes: int,
@@ -137,24 +137,6 @@ class Block1Assembler:
         self._store.put(session, key, assembly, cost, now)
         return Continue(num, szx)
 
-    def drop_session(self, session: Hashable) -> int:
-        return self._store.drop_session(session)
-
-    def __len__(self) -> int:
-        return len(self._store)
-
-    @property
-    def total_bytes(self) -> int:
-        return self._store.total_bytes
-
-    @property
-    def evicted(self) -> int:
-        return self._store.evicted
-
-    @property
-    def expired(self) -> int:
-        return self._store.expired
-
 
 @dataclass(frozen=True, slots=True)
 class CachedResponse:
@@ -179,7 +161,7 @@ def slice_block(payload: bytes, num: int, szx: int) -> tuple[bytes, bool] | None
     return payload[start:start + size], start + size < len(payload)
 
 
-class Block2Cache:
+class Block2Cache(StoreBacked[Hashable, CachedResponse]):
     """Responses being fetched in Block2 blocks, per (session, request key)."""
 
     def __init__(self, *, max_per_session: int, max_total_bytes: int, lifetime: float = MAX_TRANSMIT_WAIT) -> None:
@@ -194,17 +176,3 @@ class Block2Cache:
 
     def pop(self, session: Hashable, key: Hashable) -> CachedResponse | None:
         return self._store.pop(session, key)
-
-    def drop_session(self, session: Hashable) -> int:
-        return self._store.drop_session(session)
-
-    def __len__(self) -> int:
-        return len(self._store)
-
-    @property
-    def total_bytes(self) -> int:
-        return self._store.total_bytes
-
-    @property
-    def evicted(self) -> int:
-        return self._store.evicted

@@ -157,3 +157,27 @@ class BoundedStore(Generic[S, K, V]):
         self.total_bytes -= entry.cost
         if not found.entries:
             del self._sessions[entry.session]
+
+
+class StoreBacked(Generic[K, V]):
+    """What a cache built on one :class:`BoundedStore` (``self._store``, sessions of any hashable) reports."""
+
+    _store: BoundedStore[Hashable, K, V]
+
+    def drop_session(self, session: Hashable) -> int:
+        return self._store.drop_session(session)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    @property
+    def total_bytes(self) -> int:
+        return self._store.total_bytes
+
+    @property
+    def evicted(self) -> int:
+        return self._store.evicted
+
+    @property
+    def expired(self) -> int:
+        return self._store.expired

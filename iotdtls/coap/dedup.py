@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Hashable
 
-from .bounded import BoundedStore
+from .bounded import BoundedStore, StoreBacked
 
 #: RFC 7252 section 4.8.2, with the default transmission parameters.
 EXCHANGE_LIFETIME = 247.0
@@ -23,7 +23,7 @@ ENTRY_COST = 400
 _NO_REPLY_YET = b""
 
 
-class DedupCache:
+class DedupCache(StoreBacked[int, bytes]):
     """Which (session, message ID) pairs were seen, and what was answered to them."""
 
     def __init__(self, *, max_session_bytes: int, max_total_bytes: int,
@@ -43,20 +43,6 @@ class DedupCache:
         """Keep ``reply`` as the answer to a remembered message ID (keeping its place and expiry)."""
         if self._store.get(session, mid, now) is not None:
             self._store.put(session, mid, reply, ENTRY_COST + sys.getsizeof(reply), now, refresh=False)
-
-    def drop_session(self, session: Hashable) -> int:
-        return self._store.drop_session(session)
-
-    def __len__(self) -> int:
-        return len(self._store)
-
-    @property
-    def total_bytes(self) -> int:
-        return self._store.total_bytes
-
-    @property
-    def evicted(self) -> int:
-        return self._store.evicted
 
     def session_bytes(self, session: Hashable) -> int:
         return self._store.session_bytes(session)
