@@ -1,0 +1,1 @@
+"""Uplinks: where the spool drains to."""
