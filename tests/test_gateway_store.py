@@ -106,7 +106,7 @@ def test_registry_secrets_never_in_repr(tmp_path: Path) -> None:
 def test_corrupt_registry_is_one_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "r.sqlite3"
     path.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(RegistryError, match="r.sqlite3"):
+    with pytest.raises(RegistryError, match=r"r\.sqlite3"):
         Registry(path)
 
 
@@ -185,7 +185,7 @@ def test_spool_key_table_is_bounded(tmp_path: Path) -> None:
 def test_unusable_spool_files_are_one_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.sqlite3"
     bad.write_bytes(b"garbage" * 1000)
-    with pytest.raises(SpoolError, match="bad.sqlite3"):
+    with pytest.raises(SpoolError, match=r"bad\.sqlite3"):
         SpoolStore(bad)
     ro = tmp_path / "ro"
     ro.mkdir()
