@@ -61,6 +61,8 @@ class SpoolWriter:
         self._store: SpoolStore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = CommitStats()
+        #: Set (on the loop) after every commit that stored a new message: the uplink waits on it.
+        self.new_messages = asyncio.Event()
 
     @property
     def totals(self) -> Totals:
@@ -164,10 +166,12 @@ class SpoolWriter:
         loop = self._loop
         assert loop is not None
         with contextlib.suppress(RuntimeError):  # the loop closed under us (shutdown)
-            loop.call_soon_threadsafe(_settle_all, results)
+            loop.call_soon_threadsafe(_settle_all, results, self.new_messages)
 
 
-def _settle_all(results: list[tuple[_Op, Any]]) -> None:
+def _settle_all(results: list[tuple[_Op, Any]], new_messages: asyncio.Event) -> None:
+    if any(isinstance(outcome, Stored) and not outcome.duplicate for _, outcome in results):
+        new_messages.set()
     for op, outcome in results:
         if op.future.done():
             continue  # the caller gave up (its request was cancelled); what is committed stays committed
