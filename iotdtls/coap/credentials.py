@@ -129,8 +129,8 @@ def server_config(cmap: CredentialsMap, base: DTLSConfiguration) -> DTLSConfigur
     def judge(cred: PeerCredential) -> str | None:
         return pins.get(cred.fingerprint)
 
-    return replace(base, is_client=False, psk_store=lookup_psk if psk_entries else None, private_key=own_key,
-                   trust=TrustStore(callback=judge) if pins else base.trust)
+    return replace(base, is_client=False, psk_store=lookup_psk if psk_entries else base.psk_store,
+                   private_key=own_key, trust=TrustStore(callback=judge) if pins else base.trust)
 
 
 def claims_for(cmap: CredentialsMap, identity: bytes, peer: PeerCredential | None) -> list[str]:

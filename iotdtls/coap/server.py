@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiocoap import Message, error, interfaces
@@ -20,8 +21,9 @@ from aiocoap.util import hostportjoin
 
 from ..aio.sockbuf import DEFAULT_RECEIVE_BUFFER, set_receive_buffer
 from ..config import DTLSConfiguration
-from ..events import ConnectionTerminated, DataReceived, HandshakeCompleted
+from ..events import ConnectionTerminated, DataReceived, Event, HandshakeCompleted
 from ..server import DTLSServer
+from ..trust import PeerCredential
 from .credentials import claims_for
 from .hostinfo import local_hostinfo
 from .limits import ServerLimits
@@ -52,11 +54,13 @@ class ServerRemote(interfaces.EndpointAddress):  # type: ignore[misc]
     maximum_block_size_exp: int = 6
 
     def __init__(self, transport: IotdtlsServerTransport, addr: Address, identity: bytes, claims: list[str],
-                 block_exp: int) -> None:
+                 block_exp: int, peer: PeerCredential | None = None) -> None:
         self._transport = transport
         self.address = addr
         #: The PSK identity or public-key identity the client authenticated with (b"" for anonymous clients).
         self.identity = identity
+        #: The client's verified raw public key or certificate chain (public-key suites), else None (PSK).
+        self.peer = peer
         self._claims = claims
         self.maximum_block_size_exp = block_exp
 
@@ -103,6 +107,9 @@ class IotdtlsServerTransport(interfaces.MessageInterface, asyncio.DatagramProtoc
         self._timer: asyncio.TimerHandle | None = None
         #: The UDP receive buffer the kernel granted (bytes, as the kernel reports it).
         self.receive_buffer = 0
+        #: Optional observer of the DTLS server's events other than data (handshakes completed, sessions ended,
+        #: failed handshakes), called with the peer address before the transport acts on them: for logging.
+        self.on_event: Callable[[Address, Event], None] | None = None
 
     @classmethod
     async def create(cls, mman: Any, bind: tuple[str, int] | None, config: DTLSConfiguration,
@@ -218,12 +225,15 @@ class IotdtlsServerTransport(interfaces.MessageInterface, asyncio.DatagramProtoc
                     continue
                 if self._mman is not None:
                     self._mman.dispatch_message(message)
-            elif isinstance(event, HandshakeCompleted):
+                continue
+            if self.on_event is not None:
+                self.on_event(addr, event)
+            if isinstance(event, HandshakeCompleted):
                 old = self._remotes.pop(addr, None)
                 if old is not None:
                     self._end(addr, old, error.LibraryShutdown("Replaced by a new DTLS session"))
                 claims = claims_for(self._credentials, event.identity, event.peer)
-                self._remotes[addr] = ServerRemote(self, addr, event.identity, claims, self._block_exp)
+                self._remotes[addr] = ServerRemote(self, addr, event.identity, claims, self._block_exp, event.peer)
                 self.log.info("DTLS session with %s, identity %r", hostportjoin(addr[0], addr[1]), event.identity)
             elif isinstance(event, ConnectionTerminated):
                 ended = self._remotes.get(addr)

@@ -1,0 +1,148 @@
+"""iotdtls-gateway: run the gateway, check its configuration, show its spool, or run the demo.
+
+    iotdtls-gateway run --config FILE.toml [--log-json] [-v]
+    iotdtls-gateway check --config FILE.toml
+    iotdtls-gateway spool --config FILE.toml [--json] [--follow]
+    iotdtls-gateway demo [--devices N] [--readings N] [--loss P] [--mqtt URL]
+
+Exit status: 0 done, 1 the gateway could not start or failed, 2 usage or configuration errors (one line each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from typing import NoReturn
+
+from ..config import ConfigError, GatewayConfig, load
+from ..logs import setup
+
+PROG = "iotdtls-gateway"
+
+
+def fail(message: str, status: int) -> NoReturn:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="CoAPs devices in, a durable spool, MQTT out.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="serve until SIGTERM/SIGINT")
+    run.add_argument("--config", required=True, metavar="FILE.toml")
+    run.add_argument("--log-json", action="store_true", help="log JSON lines instead of text")
+    run.add_argument("-v", "--verbose", action="store_true", help="log debug lines")
+    check = sub.add_parser("check", help="validate a configuration: exit 0, or 2 with one line per problem")
+    check.add_argument("--config", required=True, metavar="FILE.toml")
+    spool = sub.add_parser("spool", help="show what the spool holds")
+    spool.add_argument("--config", required=True, metavar="FILE.toml")
+    spool.add_argument("--json", action="store_true", help="one JSON line per message (the envelope)")
+    spool.add_argument("--follow", action="store_true", help="keep printing messages as they arrive")
+    demo = sub.add_parser("demo", help="a gateway with simulated devices in a temporary data dir")
+    demo.add_argument("--devices", type=int, default=3, metavar="N", help="simulated devices (default 3)")
+    demo.add_argument("--readings", type=int, default=3, metavar="N", help="readings per device (default 3)")
+    demo.add_argument("--loss", type=float, default=0.3, metavar="P",
+                      help="loss each way for one device, through the lossy relay (default 0.3)")
+    demo.add_argument("--mqtt", metavar="URL", help="also publish to this broker (mqtt://host:port)")
+    demo.add_argument("--seed", type=int, default=1, help="seed of the lossy relay")
+    return p
+
+
+def load_config(path: str) -> GatewayConfig:
+    try:
+        return load(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{PROG}: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    config = load_config(args.config)
+    print(f"{args.config}: OK (data_dir {config.data_dir}, coaps {config.coaps.host}:{config.coaps.port}, "
+          f"{'mqtt ' + config.mqtt.url if config.mqtt else 'no mqtt: messages stay in the spool'})")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    config = load_config(args.config)
+    setup("json" if args.log_json else config.log.format, "debug" if args.verbose else config.log.level)
+    os.umask(0o077)  # every file the gateway creates is its own
+    from ..service import Gateway, StartError
+
+    async def main() -> None:
+        gateway = Gateway(config)
+        try:
+            await gateway.start()
+        except StartError as exc:
+            fail(str(exc), 1)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await gateway.stop()
+
+    asyncio.run(main())
+
+
+def cmd_spool(args: argparse.Namespace) -> None:
+    from ..spool import SpoolError, SpoolStore
+
+    config = load_config(args.config)
+    if not config.spool_path.exists():
+        fail(f"no spool at {config.spool_path} (the gateway has not run with this data_dir yet)", 1)
+    try:
+        store = SpoolStore(config.spool_path)
+    except SpoolError as exc:
+        fail(str(exc), 1)
+    totals = store.totals_now()
+    if not args.json:
+        oldest = "-" if totals.oldest_at is None else time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                                                     time.gmtime(totals.oldest_at))
+        print(f"{config.spool_path}: {totals.messages} messages, {totals.bytes} bytes, oldest {oldest}, "
+              f"{totals.keys} idempotency keys remembered")
+    after = 0
+    while True:
+        rows = store.read(after, 500)
+        for row in rows:
+            if args.json:
+                sys.stdout.write(row.body.decode("utf-8", "replace") + "\n")
+            else:
+                envelope = json.loads(row.body)
+                print(f"  #{row.seq} {row.device} {row.msg_id} {envelope.get('received_at', '')} "
+                      f"{json.dumps(envelope.get('data'))[:80]}")
+            after = row.seq
+        sys.stdout.flush()
+        if not rows:
+            if not args.follow:
+                return
+            time.sleep(0.5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            cmd_check(args)
+        elif args.command == "run":
+            cmd_run(args)
+        elif args.command == "spool":
+            cmd_spool(args)
+        else:
+            from .demo import run_demo
+
+            sys.exit(run_demo(args))
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""The gateway service: wires the registry, the spool, the CoAPs server and the MQTT uplink, and stops gracefully.
+
+Data flows one way: a device's POST is decoded and authorised by :mod:`.resources`, committed by the spool
+writer (:mod:`.spool_writer`), acknowledged, and drained to the broker by the uplink (:mod:`.uplink.mqtt`), which
+deletes each message after its PUBACK. The registry is read through an in-memory snapshot, reloaded within a
+second of any change (``PRAGMA data_version``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiocoap.resource as resource
+
+from iotdtls import DTLSConfiguration, TrustStore
+from iotdtls.coap import server_context, server_transport
+from iotdtls.events import ConnectionTerminated, Event, HandshakeCompleted, ReplacementFailed
+from iotdtls.keys import KeyFileError, load_private_key
+from iotdtls.ratelog import RateLimitedLog
+from iotdtls.trust import PeerCredential
+
+from .config import GatewayConfig
+from .files import ensure_data_dir
+from .logs import event
+from .registry import Registry, Snapshot
+from .resources import TelemetryResource, device_of
+from .spool import SpoolLimits
+from .spool_writer import SpoolWriter
+
+log = logging.getLogger("iotdtls_gateway")
+REGISTRY_POLL = 1.0
+#: Spool use (fraction of max_bytes) at which a warning is logged, once per crossing.
+PRESSURE_LEVELS = (0.5, 0.8, 0.95)
+#: How long a graceful stop waits for requests in progress.
+DRAIN_TIMEOUT = 5.0
+
+
+class StartError(Exception):
+    """The gateway cannot start (data dir, registry, spool, key file or socket); one line."""
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, *, clock: Callable[[], float] = time.time,
+                 on_stored: Callable[[str, str, bool], None] | None = None) -> None:
+        self.config = config
+        self._clock = clock
+        #: called with (device, message id, duplicate?) once a reading is committed (or recognised as a resend)
+        self.on_stored = on_stored
+        self.registry: Registry | None = None
+        self.snapshot = Snapshot([], -1)
+        self.writer: SpoolWriter | None = None
+        self.telemetry: TelemetryResource | None = None
+        self.uplink: Any = None
+        self._ctx: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pressure = 0
+        self._ratelog = RateLimitedLog(log)
+
+    # -- start ---------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        try:
+            ensure_data_dir(cfg.data_dir)
+            self.registry = await asyncio.to_thread(Registry, cfg.registry_path)
+            self.snapshot = await asyncio.to_thread(self.registry.snapshot)
+            s = cfg.spool
+            self.writer = SpoolWriter(cfg.spool_path, SpoolLimits(max_bytes=s.max_bytes, max_age=s.max_age,
+                                                                  dedup_window=s.dedup_window,
+                                                                  dedup_max_keys=s.dedup_max_keys,
+                                                                  retry_after=s.retry_after),
+                                      commit_window=s.commit_window, clock=self._clock)
+            await self.writer.start()
+            dtls = self._dtls_config()
+        except StartError:
+            await self._close_stores()
+            raise
+        except Exception as exc:  # DataDirError, RegistryError, SpoolError: one line each
+            await self._close_stores()
+            raise StartError(str(exc)) from None
+        self.telemetry = TelemetryResource(lambda: self.snapshot, self.writer, max_body=cfg.coaps.max_body,
+                                           clock=self._clock, on_stored=self._stored)
+        site = resource.Site()
+        site.add_resource([".well-known", "core"], resource.WKCResource(site.get_resources_as_linkheader))
+        site.add_resource(["telemetry"], self.telemetry)
+        c = cfg.coaps
+        try:
+            self._ctx = await server_context(
+                site, bind=(c.host, c.port), config=dtls, max_sessions=c.max_sessions,
+                max_handshakes=c.max_handshakes, max_sessions_per_identity=c.max_sessions_per_identity or None,
+                max_upload_bytes=max(c.max_body, 1024), loggername="iotdtls_gateway.coap")
+        except OSError as exc:
+            await self._close_stores()
+            raise StartError(f"cannot serve coaps on {c.host}:{c.port}: {exc.strerror or exc}") from None
+        server_transport(self._ctx).on_event = self._dtls_event
+        self._tasks.append(asyncio.ensure_future(self._watch()))
+        if cfg.mqtt is not None:
+            from .uplink.mqtt import MqttUplink
+
+            self.uplink = MqttUplink(cfg.mqtt, self.writer, cfg.spool_path, log=logging.getLogger(
+                "iotdtls_gateway.uplink"))
+            self._tasks.append(asyncio.ensure_future(self.uplink.run()))
+        host, port = self.address
+        log.info("serving coaps://%s:%d: %d devices in the registry, spool %s (%d messages waiting), %s",
+                 host, port, len(self.snapshot.devices), cfg.spool_path, self.writer.totals.messages,
+                 f"uplink {cfg.mqtt.url}" if cfg.mqtt else "no uplink: messages stay in the spool",
+                 extra=event("started", bind=f"{host}:{port}", devices=len(self.snapshot.devices)))
+
+    def _dtls_config(self) -> DTLSConfiguration:
+        c = self.config.coaps
+        key = None
+        if c.key_file is not None:
+            try:
+                key = load_private_key(c.key_file.read_bytes())
+            except OSError as exc:
+                raise StartError(f"coaps.key_file {c.key_file}: {exc.strerror}") from None
+            except KeyFileError as exc:
+                raise StartError(f"coaps.key_file {c.key_file}: {exc}") from None
+        return DTLSConfiguration(
+            is_client=False, psk_store=self._psk, private_key=key,
+            trust=TrustStore(callback=self._judge) if key is not None else None, require_client_auth=key is not None,
+            mtu=c.mtu, retransmit_initial=c.retransmit_initial, retransmit_max=c.retransmit_max,
+            handshake_timeout=c.handshake_timeout, idle_timeout=c.idle_timeout)
+
+    def _stored(self, device: str, msg_id: str, duplicate: bool) -> None:
+        log.debug("reading from %s %s: %s", device, "recognised as a resend" if duplicate else "committed", msg_id,
+                  extra=event("reading", device=device, id=msg_id, duplicate=duplicate))
+        if self.on_stored is not None:
+            self.on_stored(device, msg_id, duplicate)
+
+    def _psk(self, identity: bytes) -> bytes | None:
+        return self.snapshot.psk(identity, self._clock())
+
+    def _judge(self, cred: PeerCredential) -> str | None:
+        return self.snapshot.device_for_key(cred.fingerprint, self._clock())
+
+    @property
+    def address(self) -> tuple[str, int]:
+        addr: tuple[str, int] = server_transport(self._ctx).address
+        return addr
+
+    # -- while running -------------------------------------------------------------------------------
+    async def _watch(self) -> None:
+        """Reload the registry snapshot when the file changed; log spool pressure as it crosses levels."""
+        assert self.registry is not None and self.writer is not None
+        version = await asyncio.to_thread(self.registry.data_version)
+        while True:
+            await asyncio.sleep(REGISTRY_POLL)
+            with contextlib.suppress(Exception):  # a locked or busy file: next second
+                now_version = await asyncio.to_thread(self.registry.data_version)
+                if now_version != version:
+                    self.snapshot = await asyncio.to_thread(self.registry.snapshot)
+                    version = now_version
+                    log.info("registry reloaded: %d devices", len(self.snapshot.devices),
+                             extra=event("registry_reloaded", devices=len(self.snapshot.devices)))
+            self._check_pressure()
+
+    def _check_pressure(self) -> None:
+        assert self.writer is not None
+        totals, limit = self.writer.totals, self.config.spool.max_bytes
+        level = sum(1 for p in PRESSURE_LEVELS if totals.bytes >= p * limit)
+        if level != self._pressure:
+            rising = level > self._pressure
+            self._pressure = level
+            log.log(logging.WARNING if rising else logging.INFO,
+                    "spool at %.0f%% of %d bytes (%d messages)", 100 * totals.bytes / limit, limit, totals.messages,
+                    extra=event("spool_pressure", bytes=totals.bytes, max_bytes=limit, messages=totals.messages))
+
+    def _dtls_event(self, addr: Any, ev: Event) -> None:
+        where = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+        if isinstance(ev, HandshakeCompleted):
+            device = self._device_of_session(ev)
+            log.info("handshake: device %s from %s (%s)", device or "?", where, "key" if ev.peer else "psk",
+                     extra=event("handshake", device=device, addr=where, credential="key" if ev.peer else "psk"))
+        elif isinstance(ev, ConnectionTerminated | ReplacementFailed) and ev.error is not None:
+            # An unknown identity and a wrong key end alike (bad_record_mac); the text says nothing else.
+            self._ratelog("handshake_failed", self._clock(), logging.WARNING, "session or handshake from %s ended: %s",
+                          where, ev.error)
+
+    def _device_of_session(self, ev: HandshakeCompleted) -> str | None:
+        class _Remote:
+            identity = ev.identity
+            peer = ev.peer
+        return device_of(_Remote, self.snapshot, self._clock())
+
+    # -- stop ----------------------------------------------------------------------------------------
+    async def stop(self) -> None:
+        """Stop accepting, answer what is in flight, close every session with close_notify, commit what is
+        queued, disconnect from the broker."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while self.telemetry is not None and self.telemetry.pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._ctx is not None:
+            with contextlib.suppress(Exception):
+                await self._ctx.shutdown()
+            self._ctx = None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._tasks = []
+        if self.uplink is not None:
+            with contextlib.suppress(Exception):
+                await self.uplink.stop()
+        await self._close_stores()
+        log.info("stopped", extra=event("stopped"))
+
+    async def _close_stores(self) -> None:
+        if self.writer is not None:
+            await self.writer.close()
+        if self.registry is not None:
+            self.registry.close()
+            self.registry = None
