@@ -107,3 +107,14 @@ def test_check_reports_every_problem_by_file_and_key(tmp_path: Path) -> None:
     assert run([*GATEWAY, "check", "--config", str(example)]).returncode == 0
     missing = run([*GATEWAY, "check", "--config", str(tmp_path / "none.toml")])
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def test_demo_runs_as_the_readme_says() -> None:
+    """The README's first command ends in ``python3 -m iotdtls_gateway demo``: it must work as written."""
+    r = subprocess.run([*GATEWAY, "demo", "--devices", "2", "--readings", "2"], capture_output=True, text=True,
+                       timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "readings acknowledged (2.04): 4 of 4" in r.stdout and "readings committed: 4" in r.stdout
+    assert '"device":"sensor-1"' in r.stdout and "Traceback" not in r.stdout + r.stderr
+    bad = subprocess.run([*GATEWAY, "demo", "--loss", "1.5"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1

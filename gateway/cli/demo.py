@@ -19,6 +19,7 @@ from iotdtls.netem import Impairment, LinkProfile, NetemProxy
 
 from ..config import load
 from ..logs import setup
+from ..spool import SpoolStore
 
 MICROPYTHON = Path(__file__).resolve().parents[2] / "micropython"
 #: Timers of the demo devices: shorter than a board's defaults, so that the lossy one finishes in seconds.
@@ -124,8 +125,13 @@ async def _demo(tmp: Path, args: argparse.Namespace) -> int:
     if args.mqtt:
         say(f"   published to {args.mqtt}: {uplink.get('acknowledged', 0)} acknowledged by the broker")
     if spool is not None:
-        say(f"   spool: {spool.messages} messages waiting"
-            + ("" if args.mqtt else " (see them with: iotdtls-gateway spool --config gateway.toml --json)"))
+        say(f"   spool: {spool.messages} messages waiting" + (" for the broker" if args.mqtt else
+                                                              " (no broker given: they stay in the spool)"))
+        rows = SpoolStore(tmp / "data" / "spool.sqlite3").read(0, 2)
+        if rows:
+            say("   the first envelopes, as `iotdtls-gateway spool --json` exports them and MQTT carries them:")
+            for row in rows:
+                say("     " + row.body.decode())
     return 0 if ok == args.devices * args.readings else 1
 
 
