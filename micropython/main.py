@@ -5,12 +5,16 @@
 # posts N readings, prints one line per response with its CoAP code, exits 0 when all were answered.
 # config.json: {"host", "port", "identity", "psk" (hex), "path" (default "telemetry"), "interval" (s)}; optional
 # "method" ("POST" or "PUT"), "mtu", "tries" (attempts per reading with --count), "wifi_ssid"/"wifi_password"
-# (boards), "ack_timeout", "retransmit_initial", "handshake_timeout", "backoff_max" (seconds).
+# (boards), "ack_timeout", "retransmit_initial", "handshake_timeout", "backoff_max" (seconds), "key" (false: no
+# idempotency key).
+# Every request carries the reading's idempotency key as a Uri-Query option k=<boot>.<seq>: <boot> 8 lowercase hex
+# digits drawn at boot, <seq> the reading's "seq"; a reading resent (a retransmission, a new session, a new attempt)
+# has the same key and payload, so the gateway can drop the duplicates.
 import json
 import socket
 import sys
 import time
-from binascii import unhexlify
+from binascii import hexlify, unhexlify
 
 from iotdtls_mp import cbor, coap, coaps
 
@@ -58,13 +62,14 @@ def load_config_dict(cfg):
         raise ValueError("expected a JSON object")
     for k, kind in (("host", str), ("port", int), ("identity", str), ("psk", str), ("path", str),
                     ("method", str), ("wifi_ssid", str), ("wifi_password", str), ("mtu", int), ("tries", int),
+                    ("key", bool),
                     ("interval", (int, float)), ("ack_timeout", (int, float)),
                     ("retransmit_initial", (int, float)), ("handshake_timeout", (int, float)),
                     ("backoff_max", (int, float))):
         if k not in cfg:
             if k in ("host", "port", "identity", "psk"):
                 raise ValueError("missing " + k)
-        elif not isinstance(cfg[k], kind) or isinstance(cfg[k], bool):
+        elif not isinstance(cfg[k], kind) or (isinstance(cfg[k], bool) and kind is not bool):
             raise ValueError("wrong type for " + k)
     for k, lo, hi in (("port", 1, 65535), ("mtu", 64, 65535), ("tries", 1, 1000), ("interval", 0, 1e9),
                       ("ack_timeout", 0.01, 600), ("retransmit_initial", 0.01, 600),
@@ -150,6 +155,10 @@ class Device:
             ack_timeout=cfg.get("ack_timeout", coap.ACK_TIMEOUT),
             retransmit_initial=cfg.get("retransmit_initial", 2.0),
             handshake_timeout=cfg.get("handshake_timeout", 60), backoff_max=cfg.get("backoff_max", 300))
+        # the idempotency key's prefix "k=<boot>.": a boot id of 8 hex digits, new for each Device (each boot)
+        self.boot = str(hexlify(rand(4)), "ascii")
+        self.kq = "k=" + self.boot + "." if cfg.get("key", True) else None
+        self.last = None  # (n, payload) of the last reading: a reading resent is the same reading
         self.sock = None
         self.up_ms = 0  # uptime, summed from tick differences (ticks_ms wraps every ~12 days on boards)
         self.up_tick = ticks_ms()
@@ -214,14 +223,21 @@ class Device:
             s.receive(d, self.clock())
             self._flush()
 
+    def key(self, n):
+        """The Uri-Query of reading n: "k=<boot>.<n>", or None with "key": false."""
+        # % allocates less than + str(n) or an f-string (which MicroPython compiles to str.format)
+        return "%s%d" % (self.kq, n) if self.kq is not None else None  # noqa: UP031
+
     def post(self, n):
-        """Post reading n; returns ("ok", Message) or ("error", reason)."""
+        """Post reading n (again: the same payload and key); returns ("ok", Message) or ("error", reason)."""
         s = self.session
         try:
             self._open()
-            uptime = self.uptime()
+            last = self.last
+            if last is None or last[0] != n:
+                last = self.last = (n, reading(n, self.uptime()))
             code = coap.PUT if self.cfg.get("method") == "PUT" else coap.POST
-            s.request(self.clock(), code, self.cfg["path"], reading(n, uptime), coap.CF_CBOR)
+            s.request(self.clock(), code, self.cfg["path"], last[1], coap.CF_CBOR, query=self.key(n))
             self._flush()
             self.wait(None)
         except ValueError as e:  # a reading too large for the configured mtu

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,45 @@ def telemetry_server(port: int, creds: Path, *extra: str) -> Iterator[PeerProces
             "--credentials", str(creds), "-v", *extra]  # fmt: skip
     with run_peer("iotdtls-coap-server", argv, listen_port=port, cwd=str(REPO)) as peer:
         yield peer
+
+
+@contextlib.contextmanager
+def key_server(port: int, creds: Path, *extra: str, hang: int = 0) -> Iterator[PeerProcess]:
+    """`iotdtls-coap-server -v` with a recording /telemetry (tests/mp_query_server.py): one JSON line per request
+    on stdout with its Uri-Query ("query"), MID, token and reading; the first `hang` requests get an empty ACK and
+    never a response."""
+    argv = [sys.executable, str(REPO / "tests" / "mp_query_server.py"), "--hang", str(hang),
+            "--bind", f"{LOCALHOST}:{port}", "--credentials", str(creds), "-v", *extra]  # fmt: skip
+    with run_peer("iotdtls-coap-server (recording)", argv, listen_port=port, cwd=str(REPO)) as peer:
+        yield peer
+
+
+KEY_RE = re.compile(r"k=([0-9a-f]{8})\.([1-9][0-9]*)")
+
+
+def parse_key(query: list[str]) -> tuple[str, int]:
+    """(boot, seq) of a request's only Uri-Query option, which must be the idempotency key k=<boot>.<seq>."""
+    assert len(query) == 1, query
+    m = KEY_RE.fullmatch(query[0])
+    assert m is not None, query
+    return m.group(1), int(m.group(2))
+
+
+def key_lines(server: PeerProcess, n: int, timeout: float = 5.0) -> list[dict[str, object]]:
+    """The next `n` JSON lines of a key_server (one per /telemetry request it got)."""
+    return [json.loads(server.read_line(timeout)) for _ in range(n)]
+
+
+def bounded_wait_on_wire(log: list[tuple[float, str, bytes]]) -> tuple[float, int, float]:
+    """A UdpRelay log (seconds, "c2s"/"s2c", datagram) of a device whose request got an empty ACK and then nothing:
+    (seconds from the empty ACK, the server's first application record, to the device's close_notify of that
+    session, CoAP records the device sent on that session, seconds from the close_notify to the next ClientHello)."""
+    app, alert, handshake = 23, 21, 22
+    t_ack = next(t for t, way, d in log if way == "s2c" and d[0] == app)
+    t_close = next(t for t, way, d in log if way == "c2s" and d[0] == alert)
+    sent = sum(1 for t, way, d in log if way == "c2s" and d[0] == app and t < t_close)
+    t_hello = next(t for t, way, d in log if way == "c2s" and d[0] == handshake and t >= t_close)
+    return t_close - t_ack, sent, t_hello - t_close
 
 
 def deliver_lossy(rng: random.Random, items: list[bytes], out: list[bytes], loss: float, dup: float,

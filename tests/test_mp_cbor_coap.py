@@ -370,6 +370,41 @@ def test_coap_against_aiocoap_random():
 
 
 @pytest.mark.parametrize(
+    ("path", "query"),
+    [("telemetry", "k=0123abcd.1"), ("telemetry", "k=89abcdef.123456789"), ("a/b/c", "k=00000000.4294967295"),
+     ("sensors/t1", "x=1&k=ffffffff.12&y="), ("t", "q=" + "v" * 300)],
+)
+def test_coap_uri_query_against_aiocoap(path, query):
+    """Uri-Query (15): repeatable, after Uri-Path (11) and Content-Format (12), in the given order; byte-identical with
+    aiocoap, given in order or not (repeated options keep their order either way)."""
+    payload = cbor.dumps({"uptime": 3, "seq": 1})
+    qs = tuple(q for q in query.split("&") if q)
+    want = aiocoap.Message(code=aiocoap.POST, uri_path=tuple(path.split("/")), content_format=60, uri_query=qs,
+                           payload=payload)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want.mtype, want.mid, want.token = aiocoap.CON, 0x1234, b"tok4"
+        want = want.encode()
+    opts = coap.uri_path(path) + coap.content_format(coap.CF_CBOR) + coap.uri_query(query)
+    assert coap.uri_query(query) == [(coap.URI_QUERY, q.encode()) for q in qs]
+    assert coap.encode(coap.CON, coap.POST, 0x1234, b"tok4", opts, payload) == want
+    shuffled = coap.uri_query(query) + coap.content_format(coap.CF_CBOR) + coap.uri_path(path)
+    assert coap.encode(coap.CON, coap.POST, 0x1234, b"tok4", shuffled, payload) == want
+    a = aiocoap.Message.decode(want)
+    assert a.opt.uri_query == qs and a.opt.uri_path == tuple(path.split("/"))
+    assert [v for n, v in coap.decode(want).options if n == coap.URI_QUERY] == [q.encode() for q in qs]
+
+
+def test_coap_encode_sort_is_stable():
+    # options out of order are sorted by number; equal numbers keep their order (MicroPython's sort is not stable)
+    opts = [(15, b"q1"), (11, b"a"), (12, b""), (11, b"b"), (15, b"q2"), (11, b"c"), (3, b"h")]
+    m = coap.decode(coap.encode(coap.CON, coap.GET, 1, b"", opts))
+    assert m.options == [(3, b"h"), (11, b"a"), (11, b"b"), (11, b"c"), (12, b""), (15, b"q1"), (15, b"q2")]
+    in_order = [(11, b"a"), (11, b"b")]
+    assert coap._ordered(in_order) is in_order  # already in order: no copy
+
+
+@pytest.mark.parametrize(
     "hexenc",
     [
         "",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import struct
 import sys
+import warnings
 
 import aiocoap
 import cbor2
@@ -55,7 +56,8 @@ class Net:
     """A coaps.Session and a DTLSServer + CoAP responder joined in memory (fake clock, loss, dup, reorder).
 
     ``mode`` is what the responder does with a request: "piggyback" (ACK 2.04), "separate" (empty ACK, then a
-    CON 2.05 one second later), "rst", "silent" (nothing) or "close" (the server closes the DTLS session).
+    CON 2.05 ``sep_delay`` seconds later), "separate-never" (empty ACK, then nothing), "separate-once" (that for the
+    first request, then "piggyback"), "rst", "silent" (nothing) or "close" (the server closes the DTLS session).
     """
 
     def __init__(self, seed=0, loss=0.0, dup=0.0, reorder=False, server_mtu=512, psk=KEY, identity=b"dev1",
@@ -66,9 +68,11 @@ class Net:
         self.server_mtu = server_mtu
         self.now = 0.0
         self.mode = mode
+        self.sep_delay = 1.0
         self.session = (mod or coaps).Session(identity, psk, _rand(seed), **kw)
         self.server = self.new_server()
         self.requests: list[aiocoap.Message] = []  # every CoAP message the server got (decoded)
+        self.raw: list[bytes] = []  # the same, as the bytes the server got
         self.sent: list[tuple[float, bytes]] = []  # every datagram the client sent, with its time
         self.server_sent: list[bytes] = []
         self.pending: list[tuple[float, bytes]] = []  # separate responses the server will send later
@@ -87,17 +91,23 @@ class Net:
     def _respond(self, data: bytes) -> None:
         m = aiocoap.Message.decode(data)
         self.requests.append(m)
+        self.raw.append(data)
         if m.code == aiocoap.EMPTY or not m.code.is_request():
             return  # an ACK of our separate response
-        if self.mode == "piggyback":
+        if self.mode == "separate-once":
+            self.mode = "piggyback"
+            self.server.send(ADDR, _msg(2, 0, m.mid))
+        elif self.mode == "separate-never":
+            self.server.send(ADDR, _msg(2, 0, m.mid))
+        elif self.mode == "piggyback":
             self.server.send(ADDR, _msg(2, 68, m.mid, m.token))
         elif self.mode == "separate":
             self.server.send(ADDR, _msg(2, 0, m.mid))
             self.seps += 1
-            self.pending.append((self.now + 1.0, _msg(0, 69, 0x7000 + self.seps, m.token, b"later")))
+            self.pending.append((self.now + self.sep_delay, _msg(0, 69, 0x7000 + self.seps, m.token, b"later")))
         elif self.mode == "separate-lost-ack":
             if len(self.requests) == 1:  # the first transmission: its empty ACK "is lost"
-                self.pending.append((self.now + 5.0, _msg(0, 69, 0x7001, m.token, b"later")))
+                self.pending.append((self.now + 1.9, _msg(0, 69, 0x7001, m.token, b"later")))
             else:
                 self.server.send(ADDR, _msg(2, 0, m.mid))
         elif self.mode == "rst":
@@ -351,15 +361,182 @@ def test_separate_response_retransmission_acked_again():
 
 
 def test_separate_response_after_lost_empty_ack():
-    # the server's empty ACK is lost: the client retransmits its CON (same MID), gets the empty ACK, then waits for
-    # the separate response well past its ACK timeout
+    # the server's empty ACK is lost: the client retransmits its CON (same MID) after 0.5-0.75 s, gets the empty ACK,
+    # then waits for the separate response past its ACK timeout (up to SEPARATE_WAIT x 0.5 s after the empty ACK)
     net = Net(mode="separate-lost-ack", ack_timeout=0.5)
     ok, m = net.request()
-    assert ok == "ok" and m.payload == b"later" and net.now == 5.0
+    assert ok == "ok" and m.payload == b"later" and net.now == 1.9 and net.session.handshakes == 1
     cons = [r for r in net.requests if r.mtype == aiocoap.CON]
     acks = [r for r in net.requests if r.mtype == aiocoap.ACK]
     assert len(cons) == 2 and cons[0].mid == cons[1].mid and cons[0].token == cons[1].token
     assert len(acks) == 1 and acks[0].mid == 0x7001
+
+
+# --------------------------------------------------------------------------------------------------
+# the idempotency key (a Uri-Query option) and the bounded wait for a separate response
+# --------------------------------------------------------------------------------------------------
+
+KEY_Q = "k=0123abcd.7"
+SEP_BOUND = coaps.SEPARATE_WAIT * ACK_TIMEOUT
+
+
+def _aio_request(m: aiocoap.Message, query: tuple[str, ...], payload: bytes) -> bytes:
+    """The request as aiocoap encodes it (CON POST /telemetry, Content-Format 60, `query`), with m's MID and token."""
+    want = aiocoap.Message(code=aiocoap.POST, uri_path=("telemetry",), content_format=60, uri_query=query,
+                           payload=payload)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # setting mtype, mid and token is deprecated in aiocoap
+        want.mtype, want.mid, want.token = aiocoap.CON, m.mid, m.token
+        return want.encode()
+
+
+@pytest.mark.parametrize("query", ["k=0123abcd.1", "k=0123abcd.100", "k=ffffffff.4294967295", "k=00000000.9&x=y"])
+def test_query_on_the_wire_as_aiocoap_encodes_it(query):
+    net = Net()
+    payload = cbor2.dumps({"uptime": 5, "seq": 1})
+    assert net.request(payload=payload, query=query)[0] == "ok"
+    [m] = net.requests
+    assert m.opt.uri_query == tuple(query.split("&"))
+    assert m.opt.uri_path == ("telemetry",) and int(m.opt.content_format) == 60
+    assert net.raw[0] == _aio_request(m, m.opt.uri_query, payload)  # byte-exact, options in order
+
+
+def test_no_query_no_option():
+    net = Net()
+    assert net.request(query=None)[0] == "ok" and net.request(query="")[0] == "ok"
+    assert [r.opt.uri_query for r in net.requests] == [(), ()]
+
+
+def test_same_key_new_mid_and_token_after_a_stale_session_is_replaced():
+    net = Net()
+    assert net.request(query="k=0123abcd.1")[0] == "ok"
+    net.server = net.new_server()  # the gateway restarted: the session is gone
+    s = net.session
+    s.request(net.now, coap.POST, "telemetry", b"\xa1\x63seq\x02", 60, query="k=0123abcd.2")
+    first = (s.req.mid, s.req.token)
+    net.pump()
+    while s.busy():
+        net.step()
+    assert s.result[0] == "ok" and s.handshakes == 2
+    m = net.requests[-1]  # only the resend reached the new server
+    assert m.opt.uri_query == ("k=0123abcd.2",) and m.payload == b"\xa1\x63seq\x02"
+    assert m.mid != first[0] and m.token != first[1]
+
+
+def _empty_ack_then(net: Net, query: str = KEY_Q) -> tuple[float, aiocoap.Message]:
+    """Send a request whose CON the server answers with an empty ACK only; (time of the empty ACK, the request)."""
+    s = net.session
+    s.request(net.now, coap.POST, "telemetry", b"\xa1\x63seq\x07", 60, query=query)
+    net.pump()
+    while not (net.requests and s.ex is not None and s.ex.state == "sep"):
+        net.step()
+    return net.now, net.requests[-1]
+
+
+@pytest.mark.parametrize("established", [False, True], ids=["fresh-session", "established-session"])
+@pytest.mark.parametrize("ack_timeout", [2.0, 0.3])
+def test_separate_wait_bounded_after_a_crash(established, ack_timeout):
+    """The gateway sends an empty ACK, then crashes (and comes back without the session): after SEPARATE_WAIT x
+    ack_timeout the device handshakes again and resends the request, with the same key and payload."""
+    net = Net(ack_timeout=ack_timeout)
+    if established:
+        assert net.request()[0] == "ok"
+        net.now = 10.0
+    net.mode = "separate-never"
+    t_ack, first = _empty_ack_then(net)
+    net.server = net.new_server()  # the crash; the new gateway answers
+    net.mode = "piggyback"
+    net.sent.clear()
+    s = net.session
+    while s.busy():
+        net.step()
+    assert s.result[0] == "ok" and s.result[1].code == coap.CHANGED
+    assert s.handshakes == 2 and s.failures == 0
+    # nothing goes out between the empty ACK and the bound (no CoAP retransmission after an empty ACK); then the
+    # close_notify of the stale session and the new ClientHello, at the bound
+    assert net.sent[0][0] == pytest.approx(t_ack + coaps.SEPARATE_WAIT * ack_timeout)
+    assert [d[0] for _, d in net.sent[:2]] == [ALERT, 22]
+    again = net.requests[-1]
+    assert again.opt.uri_query == first.opt.uri_query == (KEY_Q,)
+    assert again.payload == first.payload and (again.mid, again.token) != (first.mid, first.token)
+    assert net.raw[-1] == _aio_request(again, (KEY_Q,), first.payload)
+
+
+def test_separate_wait_bounded_server_alive():
+    """The same server sends an empty ACK and never the response (it lost the request): the session is replaced at
+    the bound and the same server answers the resent request on the new session."""
+    net = Net(mode="separate-once")
+    t0 = net.now
+    ok, m = net.request(query=KEY_Q)
+    assert ok == "ok" and m.code == coap.CHANGED
+    assert net.now == pytest.approx(t0 + SEP_BOUND) and net.session.handshakes == 2
+    cons = [r for r in net.requests if r.mtype == aiocoap.CON]
+    assert [r.opt.uri_query for r in cons] == [(KEY_Q,)] * 2 and cons[0].token != cons[1].token
+    assert net.request(query="k=0123abcd.8")[0] == "ok" and net.session.handshakes == 2  # the new session stays
+
+
+@pytest.mark.parametrize(("delay", "handshakes"), [(SEP_BOUND - 0.01, 1), (SEP_BOUND + 0.01, 2)])
+def test_separate_response_just_within_or_after_the_bound(delay, handshakes):
+    net = Net(mode="separate")
+    net.sep_delay = delay
+    s = net.session
+    s.request(0.0, coap.POST, "telemetry", b"\xa1\x63seq\x07", 60, query=KEY_Q)
+    net.pump()
+    net.sep_delay = 1.0  # for the resent request, if any
+    while s.busy():
+        net.step()
+    ok, m = s.result
+    assert ok == "ok" and m.payload == b"later" and s.handshakes == handshakes
+    if handshakes == 1:
+        assert net.now == pytest.approx(delay)
+    else:  # too late: the session was replaced at the bound, the resent request answered 1 s later on the new one
+        assert net.now == pytest.approx(SEP_BOUND + 1.0)
+        assert [r.opt.uri_query for r in net.requests if r.mtype == aiocoap.CON] == [(KEY_Q,)] * 2
+
+
+def test_no_separate_response_twice_then_error():
+    """Empty ACKs and never a response, on the first session and the replaced one: the request ends after two
+    bounds (not MAX_TRANSMIT_WAIT, 93 s), the session is dropped, the next request handshakes again."""
+    net = Net()
+    assert net.request()[0] == "ok"
+    net.mode = "separate-never"
+    net.sent.clear()
+    t0 = net.now = 10.0
+    assert net.request(query=KEY_Q) == ("error", "no separate response")
+    s = net.session
+    assert net.now == pytest.approx(t0 + 2 * SEP_BOUND)
+    assert s.handshakes == 2 and s.failures == 1 and s.conn is None and s.timer() is None
+    cons = [r for r in net.requests if r.mtype == aiocoap.CON]
+    assert [r.opt.uri_query for r in cons[1:]] == [(KEY_Q,)] * 2
+    assert len(net.app_sent()) == 2  # one CON per session: no retransmission after an empty ACK
+    net.mode = "piggyback"
+    assert net.request()[0] == "ok" and s.handshakes == 3
+
+
+def test_stale_then_no_separate_response_replaces_once():
+    """A request that replaced a stale session, then gets an empty ACK and nothing: no second replacement."""
+    net = Net()
+    assert net.request()[0] == "ok"
+    net.server = net.new_server()
+    net.mode = "separate-never"
+    assert net.request(query=KEY_Q) == ("error", "no separate response")
+    assert net.session.handshakes == 2
+
+
+def test_separate_wait_under_loss():
+    """30% loss each way with separate responses: the bound replaces some sessions, every request still ends."""
+    ok = total = 0
+    for seed in range(60):
+        net = Net(seed=seed, loss=0.3, dup=0.1, reorder=True, mode="separate", handshake_timeout=300)
+        for i in range(3):
+            r = net.request(payload=cbor2.dumps({"seq": i}), query=f"k=0123abcd.{i}")
+            total += 1
+            ok += r[0] == "ok"
+            if r[0] == "error":
+                net.idle(net.now + net.session.delay())
+        assert {q for r in net.requests if r.mtype == aiocoap.CON for q in r.opt.uri_query} <= {
+            f"k=0123abcd.{i}" for i in range(3)}
+    assert ok / total > 0.8, (ok, total)
 
 
 def test_request_while_busy():

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import cbor2
 import pytest
-from mp_fixtures import KEY_HEX, telemetry_server, write_credentials
+from mp_driver import UdpRelay
+from mp_fixtures import (
+    KEY_HEX,
+    bounded_wait_on_wire,
+    key_lines,
+    key_server,
+    parse_key,
+    telemetry_server,
+    write_credentials,
+)
 from peers import LOCALHOST, PeerProcess, free_udp_port, netem_proxy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -192,6 +201,104 @@ def test_loss_30_percent_through_netem(tmp_path, creds, capsys):
         with capsys.disabled():
             print(f"\n[netem 30% loss] 5 readings answered in {elapsed:.1f} s, {lost} datagrams lost, "
                   f"{sessions(server)} DTLS session(s)")
+
+
+# --------------------------------------------------------------------------------------------------
+# the idempotency key, and the bounded wait for a separate response (tests/mp_query_server.py records the keys)
+# --------------------------------------------------------------------------------------------------
+
+SEPARATE_WAIT = 3  # coaps.SEPARATE_WAIT
+ACK_T = 0.5  # the device's ack_timeout in these tests: the wait for a separate response is bounded at 1.5 s
+
+
+@pytest.mark.interop
+def test_key_per_reading_and_per_boot(tmp_path, creds):
+    port = free_udp_port()
+    with key_server(port, creds) as server:
+        boots = []
+        for _ in range(2):  # two boots of the device
+            p = run_main(str(config(tmp_path, port)), "--count", "3")
+            assert (p.returncode, p.stdout.splitlines()) == (0, ["2.04"] * 3), p
+            got = key_lines(server, 3)
+            keys = [parse_key(m["query"]) for m in got]  # type: ignore[arg-type]
+            assert [seq for _, seq in keys] == [m["reading"]["seq"] for m in got] == [1, 2, 3]  # type: ignore[index]
+            assert len({boot for boot, _ in keys}) == 1
+            boots.append(keys[0][0])
+        assert boots[0] != boots[1]
+
+
+@pytest.mark.interop
+def test_key_false_sends_no_query(tmp_path, creds):
+    port = free_udp_port()
+    with key_server(port, creds) as server:
+        p = run_main(str(config(tmp_path, port, key=False)), "--count", "2")
+        assert (p.returncode, p.stdout.splitlines()) == (0, ["2.04"] * 2), p
+        assert [m["query"] for m in key_lines(server, 2)] == [[], []]
+
+
+@pytest.mark.interop
+def test_no_separate_response_session_replaced_same_key(tmp_path, creds, capsys):
+    """The server answers reading 1 with an empty ACK and never with the response: SEPARATE_WAIT x ack_timeout after
+    the empty ACK the device closes the session, handshakes again and resends reading 1 with the same key and
+    payload, which the same server answers; reading 2 has the next key. One attempt each (tries 1)."""
+    port = free_udp_port()
+    with key_server(port, creds, hang=1) as server, UdpRelay(port) as relay:
+        cfg = config(tmp_path, relay.port, ack_timeout=ACK_T, tries=1)
+        t0 = time.monotonic()
+        p = run_main(str(cfg), "--count", "2")
+        took = time.monotonic() - t0
+        assert (p.returncode, p.stdout.splitlines()) == (0, ["2.04"] * 2), (p, server.transcript())
+        got = key_lines(server, 3)
+        server.stop()
+        assert sessions(server) == 2, server.transcript()
+    assert [m["hang"] for m in got] == [True, False, False]
+    keys = [parse_key(m["query"]) for m in got]  # type: ignore[arg-type]
+    assert keys[0] == keys[1] and keys[2] == (keys[0][0], 2)
+    assert got[0]["reading"] == got[1]["reading"]  # the same reading, resent
+    assert got[0]["token"] != got[1]["token"] and got[0]["mid"] != got[1]["mid"]
+    waited, sent, to_hello = bounded_wait_on_wire(relay.log)
+    assert sent == 1  # no retransmission after the empty ACK
+    assert SEPARATE_WAIT * ACK_T - 0.05 <= waited < SEPARATE_WAIT * ACK_T + 0.5
+    assert to_hello < 0.1
+    with capsys.disabled():
+        print(f"\n[empty ACK, no response] session replaced {waited:.2f} s after the empty ACK (bound "
+              f"{SEPARATE_WAIT} x {ACK_T} s); --count 2 took {took:.2f} s")
+
+
+@pytest.mark.interop
+def test_gateway_crash_after_empty_ack(tmp_path, creds, capsys):
+    """The gateway sends the empty ACK for reading 1, then is killed (-9) and started again: the device replaces
+    the session at the bound and the new gateway gets reading 1 with the key the first one saw."""
+    port = free_udp_port()
+    with UdpRelay(port) as relay:
+        cfg = config(tmp_path, relay.port, ack_timeout=ACK_T, tries=1)
+        with key_server(port, creds, hang=1) as first:
+            dev = PeerProcess("main.py", [sys.executable, str(MAIN), str(cfg), "--count", "2"], cwd=str(REPO))
+            try:
+                [m1] = key_lines(first, 1, timeout=10)
+                deadline = time.monotonic() + 2
+                while not any(way == "s2c" and d[0] == 23 for _, way, d in relay.log):  # the empty ACK
+                    assert time.monotonic() < deadline, first.transcript()
+                    time.sleep(0.01)
+                first.proc.kill()
+                first.stop()
+                t_down = time.monotonic()
+                with key_server(port, creds) as second:
+                    restart = time.monotonic() - t_down
+                    assert dev.read_line(10) == "2.04"
+                    assert dev.read_line(10) == "2.04"
+                    assert dev.wait_exit(10) == 0, dev.transcript()
+                    m2, m3 = key_lines(second, 2)
+            finally:
+                dev.stop()
+    assert m1["hang"] and not m2["hang"]
+    assert parse_key(m2["query"]) == parse_key(m1["query"]) and m2["reading"] == m1["reading"]  # type: ignore
+    assert parse_key(m3["query"])[1] == 2  # type: ignore[arg-type]
+    waited, sent, _ = bounded_wait_on_wire(relay.log)
+    assert sent == 1 and SEPARATE_WAIT * ACK_T - 0.05 <= waited < SEPARATE_WAIT * ACK_T + 0.5
+    with capsys.disabled():
+        print(f"\n[crash after the empty ACK] gateway back after {restart:.2f} s; the device replaced the session "
+              f"{waited:.2f} s after the empty ACK and resent reading 1 with its key")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -461,8 +568,54 @@ def test_uptime_survives_tick_wraparound(mp_main, monkeypatch):
 
 
 @pytest.mark.parametrize("bad", [{"port": 0}, {"port": 70000}, {"mtu": 40}, {"tries": 0}, {"interval": -1},
-                                 {"ack_timeout": 0}, {"method": "GET"}, {"mtu": True}])
+                                 {"ack_timeout": 0}, {"method": "GET"}, {"mtu": True}, {"key": 0},
+                                 {"key": "false"}])
 def test_config_ranges(mp_main, bad):
     cfg = {"host": "h", "port": 5684, "identity": "d", "psk": "00", **bad}
     with pytest.raises(ValueError):
         mp_main.load_config_dict(cfg)
+
+
+def _cfg(mp_main, **extra):
+    return mp_main.load_config_dict({"host": "127.0.0.1", "port": 9, "identity": "d", "psk": "00", **extra})
+
+
+def test_key_format(mp_main):
+    dev = mp_main.Device(_cfg(mp_main), rand=lambda n: bytes.fromhex("01abcdef" * 8)[:n])
+    assert dev.boot == "01abcdef"
+    assert [dev.key(n) for n in (1, 42, 4294967296)] == ["k=01abcdef.1", "k=01abcdef.42", "k=01abcdef.4294967296"]
+    assert mp_main.Device(_cfg(mp_main, key=True)).key(3).startswith("k=")
+    assert mp_main.Device(_cfg(mp_main, key=False)).key(3) is None
+
+
+def test_boot_id_per_device(mp_main):
+    boots = {mp_main.Device(_cfg(mp_main)).boot for _ in range(20)}  # os.urandom: 32 bits each
+    assert len(boots) == 20 and all(len(b) == 8 and b == b.lower() and int(b, 16) >= 0 for b in boots)
+
+
+def test_resent_reading_same_payload_and_key(mp_main, monkeypatch):
+    """post(n) again (run_count's next attempt) sends the same reading: the payload measured the first time, the
+    same key; post(n + 1) a new reading."""
+    sent = []
+
+    class FakeSession:
+        result = ("ok", None)
+
+        def request(self, now, code, path, payload, cf, query=None):
+            sent.append((payload, query))
+
+        def timer(self):
+            return None
+
+    dev = mp_main.Device(_cfg(mp_main))
+    dev.session = FakeSession()
+    monkeypatch.setattr(dev, "_open", lambda: None)
+    monkeypatch.setattr(dev, "_flush", lambda: None)
+    monkeypatch.setattr(dev, "wait", lambda until: None)
+    uptimes = iter([5, 70, 200])
+    monkeypatch.setattr(dev, "uptime", lambda: next(uptimes))
+    for n in (1, 1, 2):
+        dev.post(n)
+    assert [cbor2.loads(p) for p, _ in sent] == [{"uptime": 5, "seq": 1}, {"uptime": 5, "seq": 1},
+                                                 {"uptime": 70, "seq": 2}]
+    assert [q for _, q in sent] == [dev.key(1), dev.key(1), dev.key(2)]

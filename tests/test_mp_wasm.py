@@ -16,10 +16,21 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
+import aiocoap
 import pytest
-from mp_fixtures import KEY_HEX, telemetry_server, write_credentials
+from mp_driver import UdpRelay
+from mp_fixtures import (
+    KEY_HEX,
+    bounded_wait_on_wire,
+    key_lines,
+    key_server,
+    parse_key,
+    telemetry_server,
+    write_credentials,
+)
 from peers import LOCALHOST, PeerProcess, datagram_sizes, free_udp_port, netem_proxy, require_peer, run_peer
 
 pytestmark = pytest.mark.interop
@@ -284,7 +295,125 @@ def test_server_restart(tmp_path: Path, creds: Path, how: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# 6. heap taken by importing the device code
+# 6. the idempotency key (Uri-Query k=<boot>.<seq>) and the bounded wait for a separate response
+# --------------------------------------------------------------------------------------------------
+
+SEPARATE_WAIT = 3  # coaps.SEPARATE_WAIT
+ACK_T = 0.5  # the device's ack_timeout here: the wait for a separate response is bounded at 1.5 s
+# (mtype, code, mid, token, Uri-Path, Content-Format, Uri-Query, payload), encoded by the device code in MicroPython
+# with the options given out of order too, and by aiocoap here
+CODEC_CASES = [
+    (0, 2, 0x1234, "0a0b0c0d", "telemetry", 60, "k=0123abcd.1", "a266757074696d650063736571 01"),
+    (0, 2, 0xFFFF, "01", "telemetry", 60, "k=89abcdef.123456789", ""),
+    (0, 3, 7, "", "a/b/c", 60, "k=00000000.4294967295&x=1&y=", "00"),
+    (1, 2, 0, "0102030405060708", "sensors/t1", None, "q=" + "v" * 300, "ff" * 20),
+]
+
+
+def test_coap_encoding_in_micropython(tmp_path: Path) -> None:
+    """coap.encode with Uri-Path segments, Content-Format and Uri-Query options, in order and out of order, in the
+    real MicroPython: byte-identical with aiocoap (MicroPython's sort is not stable: a sort by option number alone
+    reorders repeated options)."""
+    script = tmp_path / "codec.py"
+    script.write_text(textwrap.dedent(f"""\
+        from binascii import hexlify, unhexlify
+        from iotdtls_mp import coap
+        for t, code, mid, tok, path, cf, q, pl in {CODEC_CASES!r}:
+            cfs = coap.content_format(cf) if cf is not None else []
+            tok, pl = unhexlify(tok), unhexlify(pl.replace(" ", ""))
+            a = coap.encode(t, code, mid, tok, coap.uri_path(path) + cfs + coap.uri_query(q), pl)
+            b = coap.encode(t, code, mid, tok, coap.uri_query(q) + cfs + coap.uri_path(path), pl)
+            print(str(hexlify(a), "ascii"), a == b)
+    """))
+    r = subprocess.run(["node", str(RUNNER), "--path", "micropython", str(script)],
+                       capture_output=True, text=True, timeout=30, cwd=str(ROOT))  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.split("\n")[:-1]
+    assert len(lines) == len(CODEC_CASES), r.stdout
+    for (t, code, mid, tok, path, cf, q, pl), line in zip(CODEC_CASES, lines, strict=True):
+        want = aiocoap.Message(code=aiocoap.numbers.codes.Code(code), uri_path=tuple(path.split("/")),
+                               uri_query=tuple(x for x in q.split("&") if x), payload=bytes.fromhex(pl))
+        if cf is not None:
+            want.opt.content_format = cf
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # setting mtype, mid and token is deprecated in aiocoap
+            want.mtype, want.mid, want.token = aiocoap.numbers.types.Type(t), mid, bytes.fromhex(tok)
+            want_hex = want.encode().hex()
+        assert line == want_hex + " True", (line, want_hex)
+        assert aiocoap.Message.decode(bytes.fromhex(want_hex)).opt.uri_query == tuple(x for x in q.split("&") if x)
+
+
+def test_key_per_reading_and_per_boot(tmp_path: Path, creds: Path) -> None:
+    port = free_udp_port()
+    with key_server(port, creds) as server:
+        boots = []
+        for _ in range(2):  # two boots of the device
+            r, _ = run_device(config(tmp_path, port), 2)
+            assert (r.returncode, r.stdout) == (0, "2.04\n" * 2), describe(r, server)
+            got = key_lines(server, 2)
+            keys = [parse_key(m["query"]) for m in got]  # type: ignore[arg-type]
+            assert [seq for _, seq in keys] == [m["reading"]["seq"] for m in got] == [1, 2]  # type: ignore[index]
+            assert keys[0][0] == keys[1][0]
+            boots.append(keys[0][0])
+    assert boots[0] != boots[1]
+    measured(f"idempotency keys on MicroPython: boot ids {boots}")
+
+
+def test_no_separate_response_session_replaced_same_key(tmp_path: Path, creds: Path) -> None:
+    """The server answers reading 1 with an empty ACK and never with the response: SEPARATE_WAIT x ack_timeout after
+    the empty ACK the device replaces the session and resends reading 1 (same key, same payload, new MID and token),
+    which the same server answers on the new session. One attempt per reading (tries 1)."""
+    port = free_udp_port()
+    with key_server(port, creds, hang=1) as server, UdpRelay(port) as relay:
+        r, took = run_device(config(tmp_path, relay.port, ack_timeout=ACK_T, tries=1, interval=0), 2)
+        assert (r.returncode, r.stdout) == (0, "2.04\n" * 2), describe(r, server)
+        got = key_lines(server, 3)
+        time.sleep(0.1)
+        assert sessions(server) == 2, server.transcript()
+    assert [m["hang"] for m in got] == [True, False, False]
+    keys = [parse_key(m["query"]) for m in got]  # type: ignore[arg-type]
+    assert keys[0] == keys[1] and keys[2] == (keys[0][0], 2)
+    assert got[0]["reading"] == got[1]["reading"] and got[0]["token"] != got[1]["token"]
+    waited, sent, to_hello = bounded_wait_on_wire(relay.log)
+    assert sent == 1 and to_hello < 0.2
+    assert SEPARATE_WAIT * ACK_T - 0.05 <= waited < SEPARATE_WAIT * ACK_T + 0.5
+    measured(f"empty ACK and no response: session replaced {waited:.2f} s after the empty ACK (bound "
+             f"{SEPARATE_WAIT} x {ACK_T} s), --count 2 {took:.2f} s")
+
+
+def test_gateway_crash_after_empty_ack(tmp_path: Path, creds: Path) -> None:
+    """The gateway sends the empty ACK for reading 1, is killed (-9) and started again: the device replaces the
+    session at the bound and the new gateway gets reading 1 with the key the first one saw."""
+    port = free_udp_port()
+    with contextlib.ExitStack() as stack:
+        relay = stack.enter_context(UdpRelay(port))
+        cfg = config(tmp_path, relay.port, ack_timeout=ACK_T, tries=1, interval=0)
+        first = stack.enter_context(key_server(port, creds, hang=1))
+        device = stack.enter_context(run_peer("mpwasm main.py", ["node", str(RUNNER), MAIN, str(cfg), "--count", "2"],
+                                              cwd=str(ROOT)))  # fmt: skip
+        [m1] = key_lines(first, 1, timeout=15)
+        deadline = time.monotonic() + 2
+        while not any(way == "s2c" and d[0] == 23 for _, way, d in relay.log):  # the empty ACK
+            assert time.monotonic() < deadline, first.transcript()
+            time.sleep(0.01)
+        first.proc.kill()
+        first.stop()
+        second = stack.enter_context(key_server(port, creds))
+        device.expect_line("2.04", timeout=10)
+        device.expect_line("2.04", timeout=10)
+        assert device.wait_exit(10) == 0, device.transcript()
+        m2, m3 = key_lines(second, 2)
+    assert m1["hang"] and not m2["hang"]
+    assert parse_key(m2["query"]) == parse_key(m1["query"]) and m2["reading"] == m1["reading"]  # type: ignore
+    assert parse_key(m3["query"])[1] == 2  # type: ignore[arg-type]
+    waited, sent, _ = bounded_wait_on_wire(relay.log)
+    assert sent == 1 and SEPARATE_WAIT * ACK_T - 0.05 <= waited < SEPARATE_WAIT * ACK_T + 0.5
+    measured(f"gateway killed after its empty ACK: session replaced {waited:.2f} s after it, reading 1 resent with "
+             f"key {m1['query']}")
+
+
+# --------------------------------------------------------------------------------------------------
+# 7. heap taken by importing the device code
 # --------------------------------------------------------------------------------------------------
 
 
@@ -319,7 +448,7 @@ def test_import_heap(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# 7. the heap target of the issue: a handshake + one POST within 32 KiB (benchmarks/bench_mp.py's replay)
+# 8. the heap target of the issue: a handshake + one POST within 32 KiB (benchmarks/bench_mp.py's replay)
 # --------------------------------------------------------------------------------------------------
 
 

@@ -59,6 +59,13 @@ def uri_path(path: str) -> list:
     return [(URI_PATH, s.encode()) for s in path.split("/") if s]
 
 
+def uri_query(query: str) -> list:
+    """Uri-Query options (repeatable, in order) from "a=1&b=2"."""
+    if query and "&" not in query:  # one option (the idempotency key): no split
+        return [(URI_QUERY, query.encode())]
+    return [(URI_QUERY, s.encode()) for s in query.split("&") if s]
+
+
 def uri_host(host: str) -> list:
     return [(URI_HOST, host.encode())]
 
@@ -71,16 +78,33 @@ def observe(v: int) -> list:
     return [(OBSERVE, uint_opt(v))]
 
 
+def _nibble(n):
+    return n if n < 13 else 13 if n < 269 else 14
+
+
 def _ext(out, n):
+    """Append the extended form of an option delta or length n (RFC 7252 3.1), if it needs one."""
     if n < 13:
-        return n
+        return
     if n < 269:
         out.append(n - 13)
-        return 13
-    if n < 65805:
-        out.extend(struct.pack(">H", n - 269))
-        return 14
-    raise ValueError("option too large")
+    elif n < 65805:
+        n -= 269
+        out.append(n >> 8)
+        out.append(n & 255)
+    else:
+        raise ValueError("option too large")
+
+
+def _ordered(options):
+    """options by number; out of order: sorted, repeated options kept in their order (MicroPython's sort is not
+    stable: sorting "a/b" by number alone can send "b/a")."""
+    last = 0
+    for num, _ in options:
+        if num < last:
+            return [options[i] for i in sorted(range(len(options)), key=lambda i: (options[i][0], i))]
+        last = num
+    return options
 
 
 def encode(mtype: int, code: int, mid: int, token: bytes = b"", options=(), payload: bytes = b"") -> bytes:
@@ -89,12 +113,12 @@ def encode(mtype: int, code: int, mid: int, token: bytes = b"", options=(), payl
     out = bytearray(struct.pack(">BBH", 0x40 | (mtype << 4) | len(token), code, mid & 0xFFFF))
     out.extend(token)
     last = 0
-    for num, val in sorted(options, key=lambda o: o[0]):
-        ext = bytearray()
-        d = _ext(ext, num - last)
-        ln = _ext(ext, len(val))
-        out.append((d << 4) | ln)
-        out.extend(ext)
+    for num, val in _ordered(options):  # no allocation per option
+        d = num - last
+        n = len(val)
+        out.append(_nibble(d) << 4 | _nibble(n))
+        _ext(out, d)
+        _ext(out, n)
         out.extend(val)
         last = num
     if payload:

@@ -1,11 +1,17 @@
 # CoAP over the DTLS PSK client, sans-IO: one DTLS session reused across requests, a new handshake after a fatal
-# alert, a close_notify or a request that the server stays silent to (see STALE_RETRIES), and exponential back-off
-# after failures. Feed datagrams with receive(d, now), send datagrams(), call on_timer(now) at timer().
+# alert, a close_notify, a request that the server stays silent to (see STALE_RETRIES) or a separate response that
+# does not come (see SEPARATE_WAIT), and exponential back-off after failures. Feed datagrams with receive(d, now),
+# send datagrams(), call on_timer(now) at timer().
 from . import coap, dtls
 
 # A request retransmitted this often with not one record heard from the server on an established session: the
-# server has probably lost the session (restarted), so handshake again and resend the request, once per request.
+# server has probably lost the session (restarted), so handshake again and resend the request.
 STALE_RETRIES = 2
+# After an empty ACK, wait this many ACK_TIMEOUTs for the separate response, then handshake again and resend the
+# request (a gateway that crashed after its empty ACK never answers). A response sent within 1.5 ACK_TIMEOUT of
+# the empty ACK still arrives if its first copy is lost (the server retransmits it after ACK_TIMEOUT x [1, 1.5]).
+# Either replacement happens once per request; the resent request has the same options (its idempotency key).
+SEPARATE_WAIT = 3
 
 ALERTS = {10: "unexpected_message", 20: "bad_record_mac", 40: "handshake_failure", 47: "illegal_parameter",
           51: "decrypt_error", 80: "internal_error", 115: "unknown_psk_identity"}
@@ -41,6 +47,7 @@ class Session:
         self.ex = None  # the Exchange on the wire: the pending one once sent, else the last one
         self.args = None  # the pending request's (code, options, payload, confirmable)
         self.fresh = False  # the pending request made the current session
+        self.renewed = False  # the pending request replaced a session (stale, or no separate response)
         self.rx0 = 0  # records the session had received when the pending request went out
         self.result = None
         self.failures = 0
@@ -50,12 +57,16 @@ class Session:
     def busy(self):
         return self.req is not None
 
-    def request(self, now, code, path, payload=b"", content_format=None, confirmable=True):
+    def request(self, now, code, path, payload=b"", content_format=None, confirmable=True, query=None):
+        """Send a request: `query` ("k=1&x=2") becomes Uri-Query options, kept when the request is resent on a
+        new session."""
         if self.req is not None:
             raise ValueError("busy")
         opts = coap.uri_path(path)
         if content_format is not None:
             opts += coap.content_format(content_format)
+        if query:
+            opts += coap.uri_query(query)  # in option order after Uri-Path and Content-Format: no sort
         self.args = (code, opts, payload, confirmable)
         ex = self._exchange()
         if len(ex.msg) > self.mtu - 29:  # record header 13 + explicit nonce 8 + tag 8
@@ -64,6 +75,7 @@ class Session:
         self.ex = None
         self.result = None
         self.fresh = False
+        self.renewed = False
         c = self.conn
         if c is None or c.closed:
             self._connect(now)
@@ -71,7 +83,15 @@ class Session:
 
     def _exchange(self):
         code, opts, payload, con = self.args
-        return coap.Exchange(self.rand, code, opts, payload, confirmable=con, ack_timeout=self.ack_timeout)
+        return coap.Exchange(self.rand, code, opts, payload, confirmable=con, ack_timeout=self.ack_timeout,
+                             separate_timeout=SEPARATE_WAIT * self.ack_timeout)
+
+    def _renew(self, now):
+        """Drop the session, handshake again and send the pending request anew (new message ID and token)."""
+        self.drop()
+        self.req = self._exchange()
+        self._connect(now)
+        self.renewed = True
 
     def _connect(self, now):
         r0, rmax, hto = self.dtls_args
@@ -99,13 +119,18 @@ class Session:
         c.on_timer(now)
         ex = self.ex
         if self.req is not None and ex is not None and not c.closed:
+            sep = ex.state == "sep"
             m = ex.on_timer(now)
             if m is not None and ex.retries >= STALE_RETRIES and c.rx == self.rx0 and not self.fresh:
-                self.drop()  # stale session: handshake again and send the request anew
-                self.req = self._exchange()
-                self._connect(now)
+                self._renew(now)  # stale session: handshake again and send the request anew
             elif m is not None:
                 c.send(m)
+            elif sep and ex.state == "failed":  # an empty ACK, then no separate response within SEPARATE_WAIT
+                if self.renewed:
+                    self.drop()
+                    self._done(("error", "no separate response"))
+                else:
+                    self._renew(now)
         self._step(now)
 
     def datagrams(self):
