@@ -19,7 +19,7 @@ from aiocoap.numbers.codes import Code
 
 from iotdtls.trust import PeerCredential
 
-from .envelope import PayloadError, check_key, decode_payload, encode_envelope, make_envelope, message_id
+from .envelope import PayloadError, decode_payload, encode_envelope, key_from_query, make_envelope, message_id
 from .registry import Snapshot
 from .spool import Message, SpoolError, SpoolFull
 from .spool_writer import SpoolWriter
@@ -36,16 +36,6 @@ def device_of(remote: Any, snapshot: Snapshot, now: float) -> str | None:
         return snapshot.device_for_key(peer.fingerprint, now)
     identity: bytes = getattr(remote, "identity", b"")
     return snapshot.device_for_psk(identity, now) if identity else None
-
-
-def idempotency_key(request: Any) -> str | None:
-    """The device's ``k=`` Uri-Query value (None without one); ValueError if malformed or repeated."""
-    keys = [q[2:] for q in request.opt.uri_query if q.startswith("k=")]
-    if not keys:
-        return None
-    if len(keys) > 1 or not check_key(keys[0]):
-        raise ValueError("bad idempotency key k: 1-64 characters of A-Z a-z 0-9 . _ -, once")
-    return keys[0]
 
 
 class TelemetryResource(resource.Resource):  # type: ignore[misc]
@@ -87,10 +77,10 @@ class TelemetryResource(resource.Resource):  # type: ignore[misc]
             self.stats["forbidden"] += 1
             return aiocoap.Message(code=Code.FORBIDDEN, payload=b"not an enabled device")
         try:
-            key = idempotency_key(request)
-        except ValueError as exc:
+            key = key_from_query(request.opt.uri_query)
+        except PayloadError as exc:
             self.stats["bad_request"] += 1
-            return aiocoap.Message(code=Code.BAD_REQUEST, payload=str(exc).encode())
+            return aiocoap.Message(code=Code.BAD_REQUEST, payload=exc.diagnostic.encode())
         content_format = request.opt.content_format
         try:
             data = decode_payload(None if content_format is None else int(content_format), request.payload,
