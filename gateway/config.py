@@ -302,6 +302,9 @@ def _mqtt(r: _Reader, base: Path) -> MqttConfig | None:
         else:
             tls = parts.scheme == "mqtts"
             host = parts.hostname
+            # the url is kept (and shown, logged) without the credentials it may carry
+            url = f"{parts.scheme}://{'[' + host + ']' if ':' in host else host}" + (
+                f":{parts.port}" if parts.port else "")
             try:
                 port = parts.port or (8883 if tls else 1883)
             except ValueError:
@@ -337,7 +340,7 @@ def _mqtt(r: _Reader, base: Path) -> MqttConfig | None:
         username=username or None, password=password,
         ca_file=ca_file, cert_file=cert_file, key_file=key_file,
         keepalive=r.integer("keepalive", d.keepalive, 5, 3600),
-        inflight=r.integer("inflight", d.inflight, 1, 65535),
+        inflight=r.integer("inflight", d.inflight, 1, 1024),
         reconnect_min=reconnect_min,
         reconnect_max=r.number("reconnect_max", d.reconnect_max, reconnect_min, 86400),
         status_topic=r.text("status_topic", d.status_topic, _topic_template(frozenset({"client_id"}))),

@@ -107,7 +107,7 @@ class Gateway:
         host, port = self.address
         log.info("serving coaps://%s:%d: %d devices in the registry, spool %s (%d messages waiting), %s",
                  host, port, len(self.snapshot.devices), cfg.spool_path, self.writer.totals.messages,
-                 f"uplink {cfg.mqtt.url}" if cfg.mqtt else "no uplink: messages stay in the spool",
+                 f"uplink {cfg.mqtt.url}" if cfg.mqtt else "no uplink: messages stay in the spool",  # no password
                  extra=event("started", bind=f"{host}:{port}", devices=len(self.snapshot.devices)))
 
     def _dtls_config(self) -> DTLSConfiguration:
@@ -198,15 +198,15 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await self._ctx.shutdown()
             self._ctx = None
+        if self.uplink is not None:  # first: publishes in flight get a moment for their PUBACK, then "offline"
+            with contextlib.suppress(Exception):
+                await self.uplink.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
         self._tasks = []
-        if self.uplink is not None:
-            with contextlib.suppress(Exception):
-                await self.uplink.stop()
         await self._close_stores()
         log.info("stopped", extra=event("stopped"))
 

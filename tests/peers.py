@@ -112,6 +112,20 @@ def have_tshark() -> bool:
     return shutil.which("tshark") is not None
 
 
+def mosquitto_binary() -> str | None:
+    """Debian's broker, /usr/sbin/mosquitto, which is not on a normal user's PATH."""
+    found = shutil.which("mosquitto")
+    if found is None and os.access("/usr/sbin/mosquitto", os.X_OK):
+        found = "/usr/sbin/mosquitto"
+    return found
+
+
+def have_mosquitto() -> bool:
+    """The broker and its mosquitto_passwd (package ``mosquitto``), and the paho client the tests subscribe with."""
+    return (mosquitto_binary() is not None and shutil.which("mosquitto_passwd") is not None
+            and importlib.util.find_spec("paho") is not None)
+
+
 def require_openssl() -> None:
     require_peer("openssl", have_openssl())
 
@@ -122,6 +136,10 @@ def require_gnutls() -> None:
 
 def require_tinydtls() -> None:
     require_peer("tinydtls (pip DTLSSocket)", have_tinydtls())
+
+
+def require_mosquitto() -> None:
+    require_peer("mosquitto (Debian packages mosquitto and mosquitto-clients; pip paho-mqtt)", have_mosquitto())
 
 
 def require_libcoap(tls: str | None = None) -> None:
@@ -1122,15 +1140,18 @@ __all__ = [
     "have_gnutls",
     "have_libcoap",
     "have_libcoap_build",
+    "have_mosquitto",
     "have_openssl",
     "have_tinydtls",
     "have_tshark",
     "libcoap_server",
+    "mosquitto_binary",
     "netem_proxy",
     "openssl_client",
     "openssl_server",
     "require_gnutls",
     "require_libcoap",
+    "require_mosquitto",
     "require_openssl",
     "require_peer",
     "require_tinydtls",
