@@ -256,3 +256,21 @@ def test_graceful_stop_exits_0_and_sends_close_notify(tmp_path: Path) -> None:
     assert run_device(cfg, 1).returncode == 0
     assert gw.stop() == 0
     assert gw.proc is not None and '"event":"stopped"' in gw.proc.transcript()
+
+
+def test_con_retransmission_is_answered_again_and_stored_once(tmp_path: Path) -> None:
+    """The same confirmable POST sent twice in one session (same message ID and token, no k): CoAP's
+    deduplication answers the second with the same 2.04, and the spool holds one message."""
+    from benchmarks.hostile_coap import CON, RawCoapsClient, coap, path
+
+    with gateway(tmp_path) as gw:
+        c = json.loads(gw.provision("dev").read_text())
+        client = RawCoapsClient(gw.port, identity=c["identity"].encode(), psk=bytes.fromhex(c["psk"]))
+        client.handshake()
+        body = cbor2.dumps({"seq": 1})
+        request = coap(CON, 0x02, 0x1234, b"\x01\x02", [*path("telemetry"), (12, bytes([60]))], body)
+        first = client.request(request)
+        second = client.request(request)
+        client.close()
+        assert first.code == second.code == 0x44 and first.mid == second.mid == 0x1234  # 2.04, piggybacked
+        assert len(gw.rows()) == 1
