@@ -146,18 +146,21 @@ class Gateway:
     # -- while running -------------------------------------------------------------------------------
     async def _watch(self) -> None:
         """Reload the registry snapshot when the file changed; log spool pressure as it crosses levels."""
-        assert self.registry is not None and self.writer is not None
-        version = await asyncio.to_thread(self.registry.data_version)
+        registry = self.registry
+        assert registry is not None and self.writer is not None
+        version = self.snapshot.version
         while True:
             await asyncio.sleep(REGISTRY_POLL)
-            with contextlib.suppress(Exception):  # a locked or busy file: next second
-                now_version = await asyncio.to_thread(self.registry.data_version)
+            try:
+                now_version = await asyncio.to_thread(registry.data_version)
                 if now_version != version:
-                    self.snapshot = await asyncio.to_thread(self.registry.snapshot)
-                    version = now_version
+                    self.snapshot = await asyncio.to_thread(registry.snapshot)
+                    version = self.snapshot.version
                     log.info("registry reloaded: %d devices", len(self.snapshot.devices),
                              extra=event("registry_reloaded", devices=len(self.snapshot.devices)))
-            self._check_pressure()
+                self._check_pressure()
+            except Exception as exc:  # a locked or busy file: the next second; the watch must never stop
+                self._ratelog("registry_watch", self._clock(), logging.WARNING, "registry check failed: %s", exc)
 
     def _check_pressure(self) -> None:
         assert self.writer is not None

@@ -108,8 +108,10 @@ def test_libcoap_client_with_psk(tmp_path: Path) -> None:
         before = len(gw.log_events("registry_reloaded"))
         with Registry(gw.data / "registry.sqlite3") as registry:
             registry.add_device("libcoap-1", psk=b"libcoap-psk-0123")
-        while len(gw.log_events("registry_reloaded")) == before:
+        deadline = time.monotonic() + 10
+        while len(gw.log_events("registry_reloaded")) == before and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert len(gw.log_events("registry_reloaded")) > before, gw.proc.transcript() if gw.proc else ""
         body = json.dumps({"temp": 21.5})
         r = subprocess.run(["coap-client-gnutls", "-u", "libcoap-1", "-k", "libcoap-psk-0123", "-m", "post", "-t",
                             "50", "-e", body, f"coaps://127.0.0.1:{gw.port}/telemetry?k=lc.1"],
