@@ -276,3 +276,18 @@ def test_con_retransmission_is_answered_again_and_stored_once(tmp_path: Path) ->
         client.close()
         assert first.code == second.code == 0x44 and first.mid == second.mid == 0x1234  # 2.04, piggybacked
         assert len(gw.rows()) == 1
+
+
+def test_spool_follow_prints_messages_as_they_arrive(tmp_path: Path) -> None:
+    with gateway(tmp_path) as gw:
+        cfg = device_config(gw.provision("dev"), host="127.0.0.1", port=gw.port)
+        follow = subprocess.Popen([*__import__("gateway_fixtures").GATEWAY, "spool", "--config", str(gw.config),
+                                   "--json", "--follow"], stdout=subprocess.PIPE, text=True)
+        try:
+            assert run_device(cfg, 2).returncode == 0
+            assert follow.stdout is not None
+            lines = [json.loads(follow.stdout.readline()) for _ in range(2)]
+            assert [(e["device"], e["data"]["seq"]) for e in lines] == [("dev", 1), ("dev", 2)]
+        finally:
+            follow.kill()
+            follow.wait(10)
