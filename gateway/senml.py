@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Iterator
+from typing import Any
 
 from .cbor_decode import DecimalFraction, Raw, to_json
 from .payload_base import JSONValue, b64url, fail, quote
@@ -87,15 +89,21 @@ def _vd_from_text(where: str, value: JSONValue) -> str:
     return body
 
 
-def senml_from_json(value: JSONValue) -> JSONValue:
+def _records(value: object, record_kind: str) -> Iterator[tuple[int, str, dict[Any, Any]]]:
+    """``(index, where, record)`` for each record of a pack: an array of one or more ``record_kind``."""
     if not isinstance(value, list) or not value:
         fail("SenML: a pack must be an array of one or more records")
-    pack = _Pack()
-    out: list[JSONValue] = []
     for index, record in enumerate(value, 1):
         where = f"SenML: record {index}"
         if not isinstance(record, dict):
-            fail(f"{where} must be an object")
+            fail(f"{where} must be {record_kind}")
+        yield index, where, record
+
+
+def senml_from_json(value: JSONValue) -> JSONValue:
+    pack = _Pack()
+    out: list[JSONValue] = []
+    for index, where, record in _records(value, "an object"):
         fields: dict[str, JSONValue] = {}
         for label, item in record.items():
             if label == "vd":
@@ -112,14 +120,9 @@ def senml_from_json(value: JSONValue) -> JSONValue:
 
 
 def senml_from_cbor(raw: Raw) -> JSONValue:
-    if not isinstance(raw, list) or not raw:
-        fail("SenML: a pack must be an array of one or more records")
     pack = _Pack()
     out: list[JSONValue] = []
-    for index, record in enumerate(raw, 1):
-        where = f"SenML: record {index}"
-        if not isinstance(record, dict):
-            fail(f"{where} must be a map")
+    for index, where, record in _records(raw, "a map"):
         fields: dict[str, JSONValue] = {}
         for key, item in record.items():
             if isinstance(key, int):
