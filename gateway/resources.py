@@ -15,18 +15,44 @@ from typing import Any
 
 import aiocoap
 import aiocoap.resource as resource
+import cbor2
 from aiocoap.numbers.codes import Code
 
 from iotdtls.trust import PeerCredential
 
+from .devices import Credential, Snapshot
 from .envelope import PayloadError, decode_payload, encode_envelope, key_from_query, make_envelope, message_id
-from .registry import Snapshot
-from .spool import Message, SpoolError, SpoolFull
+from .spool import Message, Refused, SpoolError, SpoolFull
 from .spool_writer import SpoolWriter
 
 log = logging.getLogger("iotdtls_gateway.resources")
 
 _CODES = {"4.00": Code.BAD_REQUEST, "4.13": Code.REQUEST_ENTITY_TOO_LARGE, "4.15": Code.UNSUPPORTED_CONTENT_FORMAT}
+
+
+#: The 2.04 of a POST carries this CBOR map when a new key waits for the device: {"cred": true} (docs/gateway.md).
+CREDENTIAL_HINT = cbor2.dumps({"cred": True})
+
+
+def session_credential(remote: Any, snapshot: Snapshot) -> tuple[str, Credential] | None:
+    """``(device, credential)`` the DTLS session behind a request authenticated with (valid or not now)."""
+    peer: PeerCredential | None = getattr(remote, "peer", None)
+    if peer is not None:
+        return snapshot.credential("rpk", peer.fingerprint)
+    identity: bytes = getattr(remote, "identity", b"")
+    return snapshot.credential("psk", identity) if identity else None
+
+
+def newer_credential(remote: Any, snapshot: Snapshot) -> tuple[str, Credential] | None:
+    """A PSK newer than the one this session used, if the device has one waiting (a rotation)."""
+    found = session_credential(remote, snapshot)
+    if found is None or found[1].kind != "psk":
+        return None
+    device = snapshot.devices.get(found[0])
+    newest = device.newest("psk") if device is not None else None
+    if newest is None or newest.generation <= found[1].generation:
+        return None
+    return found[0], newest
 
 
 def device_of(remote: Any, snapshot: Snapshot, now: float) -> str | None:
@@ -100,6 +126,9 @@ class TelemetryResource(resource.Resource):  # type: ignore[misc]
             self.stats["refused_full"] += 1
             return aiocoap.Message(code=Code.SERVICE_UNAVAILABLE, max_age=exc.retry_after,
                                    payload=b"spool full, retry later")
+        except Refused:
+            self.stats["forbidden"] += 1
+            return aiocoap.Message(code=Code.FORBIDDEN, payload=b"not an enabled device")
         except SpoolError as exc:
             self.stats["storage_errors"] += 1
             log.error("storage failure, reading from %s refused: %s", device, exc)
@@ -107,4 +136,31 @@ class TelemetryResource(resource.Resource):  # type: ignore[misc]
         self.stats["duplicates" if stored.duplicate else "accepted"] += 1
         if self._on_stored is not None:
             self._on_stored(device, stored.msg_id, stored.duplicate)
+        if newer_credential(request.remote, self._snapshot()) is not None:
+            return aiocoap.Message(code=Code.CHANGED, payload=CREDENTIAL_HINT, content_format=60)
         return aiocoap.Message(code=Code.CHANGED)
+
+
+class CredentialsResource(resource.Resource):  # type: ignore[misc]
+    """``GET /credentials``: the new key of a rotation, to its device only, over its authenticated session:
+    a CBOR map {"identity": text, "psk": bytes, "not_before": seconds}. 4.04 when no new key waits."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot], clock: Callable[[], float] = time.time,
+                 on_fetched: Callable[[str, str], None] | None = None) -> None:
+        super().__init__()
+        self._snapshot = snapshot
+        self._clock = clock
+        self._on_fetched = on_fetched
+
+    async def render_get(self, request: Any) -> aiocoap.Message:
+        snapshot = self._snapshot()
+        if device_of(request.remote, snapshot, self._clock()) is None:
+            return aiocoap.Message(code=Code.FORBIDDEN, payload=b"not an enabled device")
+        found = newer_credential(request.remote, snapshot)
+        if found is None or found[1].secret is None:
+            return aiocoap.Message(code=Code.NOT_FOUND, payload=b"no new key")
+        device, cred = found
+        if self._on_fetched is not None:
+            self._on_fetched(device, cred.label)
+        body = {"identity": cred.label, "psk": cred.secret, "not_before": cred.not_before}
+        return aiocoap.Message(code=Code.CONTENT, payload=cbor2.dumps(body), content_format=60)

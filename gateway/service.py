@@ -17,7 +17,7 @@ from typing import Any
 
 import aiocoap.resource as resource
 
-from iotdtls import DTLSConfiguration, TrustStore
+from iotdtls import AlertDescription, AlertError, DTLSConfiguration, TrustStore
 from iotdtls.coap import server_context, server_transport
 from iotdtls.events import ConnectionTerminated, Event, HandshakeCompleted, ReplacementFailed
 from iotdtls.keys import KeyFileError, load_private_key
@@ -28,8 +28,8 @@ from .config import GatewayConfig
 from .files import ensure_data_dir
 from .logs import event
 from .registry import Registry, Snapshot
-from .resources import TelemetryResource, device_of
-from .spool import SpoolLimits
+from .resources import CredentialsResource, TelemetryResource, device_of, session_credential
+from .spool import Message, SpoolLimits
 from .spool_writer import SpoolWriter
 
 log = logging.getLogger("iotdtls_gateway")
@@ -60,6 +60,12 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._pressure = 0
         self._ratelog = RateLimitedLog(log)
+        # the spool's commit gate (in the writer thread): its own registry connection, and the revoked devices as
+        # of the registry version it last saw
+        self._gate_registry: Registry | None = None
+        self._gate_version = -1
+        self._gate_revoked: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- start ---------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -68,12 +74,13 @@ class Gateway:
             ensure_data_dir(cfg.data_dir)
             self.registry = await asyncio.to_thread(Registry, cfg.registry_path)
             self.snapshot = await asyncio.to_thread(self.registry.snapshot)
+            self._gate_registry = await asyncio.to_thread(Registry, cfg.registry_path)
             s = cfg.spool
             self.writer = SpoolWriter(cfg.spool_path, SpoolLimits(max_bytes=s.max_bytes, max_age=s.max_age,
                                                                   dedup_window=s.dedup_window,
                                                                   dedup_max_keys=s.dedup_max_keys,
                                                                   retry_after=s.retry_after),
-                                      commit_window=s.commit_window, clock=self._clock)
+                                      commit_window=s.commit_window, clock=self._clock, gate=self._gate)
             await self.writer.start()
             dtls = self._dtls_config()
         except StartError:
@@ -87,6 +94,8 @@ class Gateway:
         site = resource.Site()
         site.add_resource([".well-known", "core"], resource.WKCResource(site.get_resources_as_linkheader))
         site.add_resource(["telemetry"], self.telemetry)
+        site.add_resource(["credentials"], CredentialsResource(lambda: self.snapshot, self._clock,
+                                                               on_fetched=self._key_fetched))
         c = cfg.coaps
         try:
             self._ctx = await server_context(
@@ -132,6 +141,21 @@ class Gateway:
         if self.on_stored is not None:
             self.on_stored(device, msg_id, duplicate)
 
+    def _gate(self, messages: list[Message]) -> list[str | None]:
+        """In the writer thread, right before a commit: refuse the messages of devices revoked by now."""
+        registry = self._gate_registry
+        if registry is not None:
+            version = registry.data_version()
+            if version != self._gate_version:
+                self._gate_revoked = registry.revoked()
+                self._gate_version = version
+        revoked = self._gate_revoked
+        return ["revoked" if m.device in revoked else None for m in messages]
+
+    def _key_fetched(self, device: str, identity: str) -> None:
+        log.info("device %s fetched its new key %s", device, identity,
+                 extra=event("key_fetched", device=device, identity=identity))
+
     def _psk(self, identity: bytes) -> bytes | None:
         return self.snapshot.psk(identity, self._clock())
 
@@ -154,13 +178,50 @@ class Gateway:
             try:
                 now_version = await asyncio.to_thread(registry.data_version)
                 if now_version != version:
-                    self.snapshot = await asyncio.to_thread(registry.snapshot)
+                    await self._reload()
                     version = self.snapshot.version
-                    log.info("registry reloaded: %d devices", len(self.snapshot.devices),
-                             extra=event("registry_reloaded", devices=len(self.snapshot.devices)))
                 self._check_pressure()
             except Exception as exc:  # a locked or busy file: the next second; the watch must never stop
                 self._ratelog("registry_watch", self._clock(), logging.WARNING, "registry check failed: %s", exc)
+
+    async def _reload(self) -> None:
+        """A new snapshot of the registry; sessions of devices revoked since, or that authenticated with a key
+        that is no longer valid (retired by a rotation), end at once with a fatal access_denied alert."""
+        assert self.registry is not None
+        self.snapshot = await asyncio.to_thread(self.registry.snapshot)
+        log.info("registry reloaded: %d devices", len(self.snapshot.devices),
+                 extra=event("registry_reloaded", devices=len(self.snapshot.devices)))
+        if self._ctx is None:
+            return
+        transport = server_transport(self._ctx)
+        now = self._clock()
+        for remote in transport.sessions():
+            found = session_credential(remote, self.snapshot)
+            device = self.snapshot.devices.get(found[0]) if found is not None else None
+            if found is not None and device is not None and device.enabled and found[1].valid_at(now):
+                continue
+            name = found[0] if found is not None else "?"
+            why = "revoked" if device is None or not device.enabled else "its key was retired"
+            log.info("session of device %s from %s ended: %s", name, remote.hostinfo, why,
+                     extra=event("session_ended", device=name, addr=remote.hostinfo, reason=why))
+            transport.end_session(remote, AlertError(why, description=AlertDescription.access_denied))
+
+    def _first_use(self, kind: str, identity: bytes) -> None:
+        """A device authenticated with a credential for the first time: record it (a rotation completes: the
+        older keys are retired), in the background, then reload."""
+        async def mark() -> None:
+            assert self.registry is not None
+            try:
+                retired = await asyncio.to_thread(self.registry.mark_used, kind, identity)
+            except Exception as exc:  # a busy registry: the next handshake tries again
+                self._ratelog("mark_used", self._clock(), logging.WARNING, "could not record a key's use: %s", exc)
+                return
+            if retired:
+                await self._reload()
+
+        task = asyncio.ensure_future(mark())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _check_pressure(self) -> None:
         assert self.writer is not None
@@ -179,6 +240,11 @@ class Gateway:
             device = self._device_of_session(ev)
             log.info("handshake: device %s from %s (%s)", device or "?", where, "key" if ev.peer else "psk",
                      extra=event("handshake", device=device, addr=where, credential="key" if ev.peer else "psk"))
+            kind, identity = ("rpk", ev.peer.fingerprint) if ev.peer is not None else ("psk", ev.identity)
+            found = self.snapshot.credential(kind, identity)
+            if found is not None and found[1].first_used_at is None:
+                self.snapshot.note_used(kind, identity, self._clock())
+                self._first_use(kind, identity)
         elif isinstance(ev, ConnectionTerminated | ReplacementFailed) and ev.error is not None:
             # An unknown identity and a wrong key end alike (bad_record_mac); the text says nothing else.
             self._ratelog("handshake_failed", self._clock(), logging.WARNING, "session or handshake from %s ended: %s",
@@ -214,8 +280,12 @@ class Gateway:
         log.info("stopped", extra=event("stopped"))
 
     async def _close_stores(self) -> None:
+        for task in list(self._background):
+            with contextlib.suppress(BaseException):
+                await task
         if self.writer is not None:
             await self.writer.close()
-        if self.registry is not None:
-            self.registry.close()
-            self.registry = None
+        for registry in (self.registry, self._gate_registry):
+            if registry is not None:
+                registry.close()
+        self.registry = self._gate_registry = None

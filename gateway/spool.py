@@ -54,6 +54,10 @@ class SpoolFull(Exception):
         self.retry_after = retry_after
 
 
+class Refused(Exception):
+    """The message was refused at its commit (its device was revoked meanwhile): not stored."""
+
+
 @dataclass(frozen=True)
 class SpoolLimits:
     max_bytes: int = 256 * 1024 * 1024

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .spool import Message, SpoolError, SpoolFull, SpoolLimits, SpoolStore, Stored, Totals
+from .spool import Message, Refused, SpoolError, SpoolFull, SpoolLimits, SpoolStore, Stored, Totals
 
 MAX_BATCH = 1024
 
@@ -51,10 +51,15 @@ class SpoolWriter:
     ``close()`` commits what is queued and stops."""
 
     def __init__(self, path: str | Path, limits: SpoolLimits, *, commit_window: float = 0.005,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 gate: Callable[[list[Message]], list[str | None]] | None = None) -> None:
         self.path = Path(path)
         self.limits = limits
         self.commit_window = commit_window
+        #: Asked in the writer thread, right before each commit: a refusal reason per message (None: store it).
+        #: The service refuses messages of devices revoked by then, so that nothing a device sends after its
+        #: revocation was committed is stored.
+        self.gate = gate
         self._clock = clock
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -137,6 +142,11 @@ class SpoolWriter:
         started = time.monotonic()
         results: list[tuple[_Op, Any]] = []
         try:
+            if appends and self.gate is not None:
+                verdicts = self.gate([op.payload for op in appends])
+                results += [(op, Refused(reason)) for op, reason in zip(appends, verdicts, strict=True)
+                            if reason is not None]
+                appends = [op for op, reason in zip(appends, verdicts, strict=True) if reason is None]
             if appends:
                 outcomes = store.append([op.payload for op in appends], self._clock())
                 results += zip(appends, outcomes, strict=True)

@@ -166,6 +166,10 @@ class DTLSConnection(HandshakeLayer):
             self._send_alert(AlertLevel.WARNING, AlertDescription.close_notify)
         self._terminate(error)
 
+    def fail(self, error: AlertError) -> None:
+        """End the connection with ``error``'s fatal alert (sent unless the peer sent it)."""
+        self._fail(error)
+
     def abort(self, error: Exception) -> None:
         """Close without a word to the peer (the server front drops a handshake or a replaced session)."""
         if self._state is not _CLOSED:

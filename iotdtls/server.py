@@ -29,7 +29,7 @@ from .config import DTLSConfiguration
 from .connection import DTLSConnection
 from .constants import DTLS_1_0, ContentType, HandshakeType
 from .cookie import COOKIE_LEN, CookieJar, hello_without_cookie
-from .errors import DTLSError
+from .errors import AlertError, DTLSError
 from .events import ConnectionTerminated, DataReceived, Event, HandshakeCompleted, ReplacementFailed
 from .fairness import HandshakeSlots, SessionTable, network_of
 from .handshake import State
@@ -199,12 +199,16 @@ class DTLSServer:
         conn.send(data)
         self._collect(conn, 0.0)
 
-    def close(self, addr: Address) -> None:
-        """Close the session (or handshake) at ``addr`` with close_notify, and any second handshake beside it."""
+    def close(self, addr: Address, error: AlertError | None = None) -> None:
+        """Close the session (or handshake) at ``addr``, and any second handshake beside it: with close_notify,
+        or with ``error``'s fatal alert (e.g. ``access_denied`` for a device revoked while connected)."""
         for table in (self._successors, self.connections):
             conn = table.get(addr)
             if conn is not None:
-                conn.close()
+                if error is None:
+                    conn.close()
+                else:
+                    conn.fail(error)
                 self._collect(conn, 0.0)
 
     def close_all(self) -> None:

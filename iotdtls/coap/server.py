@@ -21,6 +21,7 @@ from aiocoap.util import hostportjoin
 
 from ..aio.sockbuf import DEFAULT_RECEIVE_BUFFER, set_receive_buffer
 from ..config import DTLSConfiguration
+from ..errors import AlertError
 from ..events import ConnectionTerminated, DataReceived, Event, HandshakeCompleted
 from ..server import DTLSServer
 from ..trust import PeerCredential
@@ -131,6 +132,16 @@ class IotdtlsServerTransport(interfaces.MessageInterface, asyncio.DatagramProtoc
     @property
     def hostinfo_local(self) -> str:
         return local_hostinfo(self._udp)
+
+    def sessions(self) -> list[ServerRemote]:
+        """The remotes of the established DTLS sessions."""
+        return list(self._remotes.values())
+
+    def end_session(self, remote: ServerRemote, error: AlertError | None = None) -> None:
+        """End ``remote``'s DTLS session now: close_notify, or ``error``'s fatal alert (a revoked device)."""
+        if self._remotes.get(remote.address) is remote:
+            self.core.close(remote.address, error)
+            self._pump(asyncio.get_running_loop().time())
 
     @property
     def stats(self) -> dict[str, int]:
