@@ -134,12 +134,13 @@ class Snapshot:
         self.version = version
         self._psk: dict[bytes, tuple[str, Credential]] = {}
         self._rpk: dict[bytes, tuple[str, Credential]] = {}
+        self._all: dict[tuple[str, bytes], tuple[str, Credential]] = {}
         self.devices = {d.id: d for d in devices}
         for device in devices:
-            if not device.enabled:
-                continue
             for cred in device.credentials:
-                (self._psk if cred.kind == "psk" else self._rpk)[cred.identity] = (device.id, cred)
+                self._all[(cred.kind, cred.identity)] = (device.id, cred)
+                if device.enabled:
+                    (self._psk if cred.kind == "psk" else self._rpk)[cred.identity] = (device.id, cred)
 
     def psk(self, identity: bytes, now: float) -> bytes | None:
         """The key of an enabled device's PSK identity valid at ``now``; None otherwise (unknown, revoked,
@@ -150,8 +151,8 @@ class Snapshot:
         return found[1].secret
 
     def credential(self, kind: str, identity: bytes) -> tuple[str, Credential] | None:
-        """``(device, credential)`` of an enabled device, valid or not."""
-        return (self._psk if kind == "psk" else self._rpk).get(identity)
+        """``(device, credential)`` of any device, enabled or not, the credential valid or not."""
+        return self._all.get((kind, identity))
 
     def device_for_psk(self, identity: bytes, now: float) -> str | None:
         found = self._psk.get(identity)
@@ -164,10 +165,14 @@ class Snapshot:
     def note_used(self, kind: str, identity: bytes, now: float) -> None:
         """Record in this snapshot that a credential was used (the registry has it too), so that the next
         handshake with it does not ask the registry again."""
+        found = self._all.get((kind, identity))
+        if found is None or found[1].first_used_at is not None:
+            return
+        used = (found[0], replace(found[1], first_used_at=now))
+        self._all[(kind, identity)] = used
         table = self._psk if kind == "psk" else self._rpk
-        found = table.get(identity)
-        if found is not None and found[1].first_used_at is None:
-            table[identity] = (found[0], replace(found[1], first_used_at=now))
+        if identity in table:
+            table[identity] = used
 
     def enabled(self, device_id: str) -> bool:
         device = self.devices.get(device_id)
