@@ -66,6 +66,8 @@ class Gateway:
         self._gate_version = -1
         self._gate_revoked: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
+        #: when the next key of the snapshot expires (the watch loop ends its sessions then)
+        self._next_expiry = float("inf")
 
     # -- start ---------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -89,6 +91,7 @@ class Gateway:
         except Exception as exc:  # DataDirError, RegistryError, SpoolError: one line each
             await self._close_stores()
             raise StartError(str(exc)) from None
+        self._end_invalid_sessions()  # the first snapshot's expiries
         self.telemetry = TelemetryResource(lambda: self.snapshot, self.writer, max_body=cfg.coaps.max_body,
                                            clock=self._clock, on_stored=self._stored)
         site = resource.Site()
@@ -180,6 +183,8 @@ class Gateway:
                 if now_version != version:
                     await self._reload()
                     version = self.snapshot.version
+                elif self._clock() >= self._next_expiry:
+                    self._end_invalid_sessions()  # a key's grace period ended: its sessions end with it
                 self._check_pressure()
             except Exception as exc:  # a locked or busy file: the next second; the watch must never stop
                 self._ratelog("registry_watch", self._clock(), logging.WARNING, "registry check failed: %s", exc)
@@ -191,17 +196,25 @@ class Gateway:
         self.snapshot = await asyncio.to_thread(self.registry.snapshot)
         log.info("registry reloaded: %d devices", len(self.snapshot.devices),
                  extra=event("registry_reloaded", devices=len(self.snapshot.devices)))
+        self._end_invalid_sessions()
+
+    def _end_invalid_sessions(self) -> None:
+        """End the sessions whose device is revoked or whose key is no longer valid (retired, or its grace period
+        over); note when the next key of the snapshot expires, to check again then."""
+        now = self._clock()
+        expiries = [c.not_after for d in self.snapshot.devices.values() for c in d.credentials
+                    if c.not_after is not None and c.not_after > now]
+        self._next_expiry = min(expiries, default=float("inf"))
         if self._ctx is None:
             return
         transport = server_transport(self._ctx)
-        now = self._clock()
         for remote in transport.sessions():
             found = session_credential(remote, self.snapshot)
             device = self.snapshot.devices.get(found[0]) if found is not None else None
             if found is not None and device is not None and device.enabled and found[1].valid_at(now):
                 continue
             name = found[0] if found is not None else "?"
-            why = "revoked" if device is None or not device.enabled else "its key was retired"
+            why = "revoked" if device is None or not device.enabled else "its key is no longer valid"
             log.info("session of device %s from %s ended: %s", name, remote.hostinfo, why,
                      extra=event("session_ended", device=name, addr=remote.hostinfo, reason=why))
             transport.end_session(remote, AlertError(why, description=AlertDescription.access_denied))

@@ -6,11 +6,16 @@
 # config.json: {"host", "port", "identity", "psk" (hex), "path" (default "telemetry"), "interval" (s)}; optional
 # "method" ("POST" or "PUT"), "mtu", "tries" (attempts per reading with --count), "wifi_ssid"/"wifi_password"
 # (boards), "ack_timeout", "retransmit_initial", "handshake_timeout", "backoff_max" (seconds), "key" (false: no
-# idempotency key).
+# idempotency key), "old_identity"/"old_psk" (the previous key, kept by a key rotation).
 # Every request carries the reading's idempotency key as a Uri-Query option k=<boot>.<seq>: <boot> 8 lowercase hex
 # digits drawn at boot, <seq> the reading's "seq"; a reading resent (a retransmission, a new session, a new attempt)
 # has the same key and payload, so the gateway can drop the duplicates.
+# Key rotation: when a 2.04 carries the gateway's CBOR {"cred": true}, the device GETs its new key from
+# "credentials" (next to "path"), writes it to the config file (atomically: a temp file renamed over it; the
+# previous key stays as "old_identity"/"old_psk"), closes the session, and handshakes with the new key at the next
+# request. If that key is refused (bad_record_mac), it falls back to the previous one, once.
 import json
+import os
 import socket
 import sys
 import time
@@ -52,8 +57,30 @@ class Clock:
 
 
 def load_config(path):
-    with open(path) as f:
-        return load_config_dict(json.load(f))
+    try:
+        f = open(path)  # noqa: SIM115
+    except OSError:  # FAT renames by removing the target first: a power cut in between leaves the whole new file
+        f = open(path + ".tmp")  # noqa: SIM115
+    with f:
+        cfg = load_config_dict(json.load(f))
+    cfg["_file"] = path  # where a rotated key is stored
+    return cfg
+
+
+def save_config(cfg):
+    """Write cfg to the file it was read from, atomically: a temp file renamed over it."""
+    path = cfg.get("_file")
+    if path is None:  # a config that came from no file: the key lives in RAM only
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        if hasattr(os, "chmod"):  # CPython: private (it holds the key), and on disk before the rename
+            os.chmod(tmp, 0o600)
+        json.dump({k: v for k, v in cfg.items() if k[:1] != "_" and k[-6:] != "_bytes"}, f)
+        if hasattr(os, "fsync"):
+            f.flush()
+            os.fsync(f.fileno())
+    getattr(os, "replace", os.rename)(tmp, path)
 
 
 def load_config_dict(cfg):
@@ -61,7 +88,8 @@ def load_config_dict(cfg):
     if not isinstance(cfg, dict):
         raise ValueError("expected a JSON object")
     for k, kind in (("host", str), ("port", int), ("identity", str), ("psk", str), ("path", str),
-                    ("method", str), ("wifi_ssid", str), ("wifi_password", str), ("mtu", int), ("tries", int),
+                    ("old_identity", str), ("old_psk", str), ("method", str), ("wifi_ssid", str),
+                    ("wifi_password", str), ("mtu", int), ("tries", int),
                     ("key", bool),
                     ("interval", (int, float)), ("ack_timeout", (int, float)),
                     ("retransmit_initial", (int, float)), ("handshake_timeout", (int, float)),
@@ -78,10 +106,12 @@ def load_config_dict(cfg):
             raise ValueError(f"{k} out of range")
     if cfg.get("method", "POST") not in ("POST", "PUT"):
         raise ValueError("method must be POST or PUT")
-    try:
-        cfg["psk_bytes"] = unhexlify(cfg["psk"])
-    except ValueError:
-        raise ValueError("psk is not hex") from None
+    for k in ("psk", "old_psk"):
+        try:
+            if k in cfg:
+                cfg[k + "_bytes"] = unhexlify(cfg[k])
+        except ValueError:
+            raise ValueError(k + " is not hex") from None
     if not cfg["psk_bytes"] or not cfg["identity"]:
         raise ValueError("empty psk or identity")
     cfg.setdefault("path", "telemetry")
@@ -144,17 +174,57 @@ def _timed_out(e):
     return isinstance(e, OSError) and ((e.args and e.args[0] in (11, 110, 116)) or "timed out" in str(e))
 
 
+def new_session(cfg, rand):
+    """The coaps.Session of a config: its credential, the previous one as the fallback, the rotation path."""
+    p = cfg["path"]
+    s = coaps.Session(
+        cfg["identity"].encode(), cfg["psk_bytes"], rand, mtu=cfg.get("mtu", 512),
+        ack_timeout=cfg.get("ack_timeout", coap.ACK_TIMEOUT), retransmit_initial=cfg.get("retransmit_initial", 2.0),
+        handshake_timeout=cfg.get("handshake_timeout", 60), backoff_max=cfg.get("backoff_max", 300),
+        cred_path=p[:p.rfind("/") + 1] + "credentials")
+    if "old_psk_bytes" in cfg and "old_identity" in cfg:
+        s.old = (cfg["old_identity"].encode(), cfg["old_psk_bytes"])
+    return s
+
+
+def adopt(cfg, s):
+    """After a request: store what the session learnt about its keys, in cfg and its file. A key the gateway
+    handed over becomes "identity"/"psk" (the current one "old_identity"/"old_psk") and then the session's key
+    (rekey: close_notify, the next request handshakes with it); a fallback the gateway accepted swaps the two.
+    Returns a line to print, or None."""
+    new, old = s.offer, s.swapped
+    if new is None:
+        if old is None:
+            return None
+        new = (s.identity, s.psk)
+    else:
+        old = (s.identity, s.psk)
+    s.swapped = None
+    c = dict(cfg)
+    for k, v in (("", new), ("old_", old)):
+        c[k + "identity"] = str(v[0], "utf-8")
+        c[k + "psk"] = str(hexlify(v[1]), "ascii")
+        c[k + "psk_bytes"] = v[1]
+    try:
+        save_config(c)
+    except OSError as e:  # not stored: not used (the next hint fetches it again)
+        s.offer = None
+        return "key %s not stored: %s" % (c["identity"], e)  # noqa: UP031
+    cfg.update(c)
+    if s.offer is None:
+        return "key %s refused, back to %s" % (c["old_identity"], c["identity"])  # noqa: UP031
+    s.rekey()
+    return "key %s stored" % c["identity"]  # noqa: UP031
+
+
 class Device:
     """The blocking-socket loop around a coaps.Session."""
 
-    def __init__(self, cfg, rand=urandom):
+    def __init__(self, cfg, rand=urandom, out=print):
         self.cfg = cfg
+        self.out = out
         self.clock = Clock()
-        self.session = coaps.Session(
-            cfg["identity"].encode(), cfg["psk_bytes"], rand, mtu=cfg.get("mtu", 512),
-            ack_timeout=cfg.get("ack_timeout", coap.ACK_TIMEOUT),
-            retransmit_initial=cfg.get("retransmit_initial", 2.0),
-            handshake_timeout=cfg.get("handshake_timeout", 60), backoff_max=cfg.get("backoff_max", 300))
+        self.session = new_session(cfg, rand)
         # the idempotency key's prefix "k=<boot>.": a boot id of 8 hex digits, new for each Device (each boot)
         self.boot = str(hexlify(rand(4)), "ascii")
         self.kq = "k=" + self.boot + "." if cfg.get("key", True) else None
@@ -240,6 +310,10 @@ class Device:
             s.request(self.clock(), code, self.cfg["path"], last[1], coap.CF_CBOR, query=self.key(n))
             self._flush()
             self.wait(None)
+            line = adopt(self.cfg, s)
+            if line:
+                self.out(line)
+                self._flush()  # the close_notify of a rekey
         except ValueError as e:  # a reading too large for the configured mtu
             return ("error", str(e))
         except OSError as e:
@@ -276,7 +350,7 @@ class Device:
 
 def run_count(cfg, count, out=print):
     """Post `count` readings, each tried up to cfg["tries"] times; 0 when all were answered."""
-    dev = Device(cfg)
+    dev = Device(cfg, out=out)
     tries = cfg.get("tries", 3)
     try:
         for n in range(1, count + 1):
@@ -302,7 +376,7 @@ def run_forever(cfg, out=print, limit=None):
     loop again with a new Device after 10 s instead of leaving the board at the REPL. `limit` is for tests."""
     n = 0
     while limit is None or n < limit:
-        dev = Device(cfg)
+        dev = Device(cfg, out=out)
         try:
             while limit is None or n < limit:
                 wifi(cfg)  # no-op when connected (or not a board); rejoins after an outage

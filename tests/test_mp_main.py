@@ -480,7 +480,7 @@ def test_run_count_out_lines(mp_main, monkeypatch):
             return 1.5
 
     class FakeDevice:
-        def __init__(self, cfg):
+        def __init__(self, cfg, out=print):
             self.session = FakeSession()
             self.closed = False
 
@@ -520,7 +520,7 @@ def test_run_forever_board_loop(mp_main, monkeypatch):
             return 0.25
 
     class FakeDevice:
-        def __init__(self, cfg):
+        def __init__(self, cfg, out=print):
             self.session = FakeSession()
             self.closed = False
             made.append(self)
@@ -600,6 +600,7 @@ def test_resent_reading_same_payload_and_key(mp_main, monkeypatch):
 
     class FakeSession:
         result = ("ok", None)
+        offer = swapped = None  # no key rotation
 
         def request(self, now, code, path, payload, cf, query=None):
             sent.append((payload, query))

@@ -2,7 +2,10 @@
 # alert, a close_notify, a request that the server stays silent to (see STALE_RETRIES) or a separate response that
 # does not come (see SEPARATE_WAIT), and exponential back-off after failures. Feed datagrams with receive(d, now),
 # send datagrams(), call on_timer(now) at timer().
-from . import coap, dtls
+# Key rotation (docs/micropython.md): a response carrying the gateway's CBOR {"cred": true} makes the session GET
+# the new key (cred_path) at once; the device stores ``offer`` and calls rekey(). A handshake refused with
+# bad_record_mac is tried once more with the previous key (``old``); ``swapped`` says that one was accepted.
+from . import cbor, coap, dtls
 
 # A request retransmitted this often with not one record heard from the server on an established session: the
 # server has probably lost the session (restarted), so handshake again and resend the request.
@@ -15,6 +18,9 @@ SEPARATE_WAIT = 3
 
 ALERTS = {10: "unexpected_message", 20: "bad_record_mac", 40: "handshake_failure", 47: "illegal_parameter",
           51: "decrypt_error", 80: "internal_error", 115: "unknown_psk_identity"}
+# Alerts that refuse the credential itself (a PSK server's answer to an unknown identity or a wrong key): the
+# handshake is tried once more with the previous credential, if the device kept one.
+REFUSED = (20, 115)
 
 
 def reason(err):
@@ -26,17 +32,48 @@ def reason(err):
     return "handshake timeout" if err == "timeout" else str(err)
 
 
+def _cbor_map(m):
+    try:
+        d = cbor.loads(m.payload)
+    except ValueError:
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def hint(m):
+    """True when a 2.xx response carries {"cred": true}: the gateway has a new key for this device."""
+    return m.code >> 5 == 2 and bool(m.payload) and _cbor_map(m).get("cred") is True
+
+
+def credential(m):
+    """(identity, psk), both bytes, from a 2.05 answer to GET /credentials; None if it holds no usable key."""
+    d = _cbor_map(m) if m.code == coap.CONTENT else {}
+    i = d.get("identity")
+    k = d.get("psk")
+    if isinstance(i, str) and isinstance(k, bytes) and 0 < len(i) <= 128 and 16 <= len(k) <= 64:
+        return (i.encode(), k)
+    return None
+
+
 class Session:
     """Requests one at a time over a DTLS session to one server.
 
     After request(): busy() until the response or a failure; then ``result`` is ("ok", coap.Message) or
     ("error", reason). ``failures`` counts consecutive failed requests; delay() is the back-off before the next.
+    With ``cred_path``, a response with the rotation hint is followed by a GET of that path before the request is
+    done (its own result stands); a key found there is ``offer`` until rekey().
     """
 
     def __init__(self, identity, psk, rand, mtu=512, ack_timeout=coap.ACK_TIMEOUT, retransmit_initial=2.0,
-                 retransmit_max=8.0, handshake_timeout=60, backoff_initial=2.0, backoff_max=300.0):
+                 retransmit_max=8.0, handshake_timeout=60, backoff_initial=2.0, backoff_max=300.0, cred_path=None):
         self.identity = identity
         self.psk = psk
+        self.cred_path = cred_path
+        self.old = None  # the previous (identity, psk): tried once if the current one is refused
+        self.offer = None  # (identity, psk) the gateway handed over, for the device to store, then rekey()
+        self.swapped = None  # the refused (identity, psk) once the old one was accepted instead (store the swap)
+        self._refused = None  # the credential refused while its fallback's handshake runs
+        self._posted = None  # the hinted request's result while the GET of the new key runs
         self.rand = rand
         self.mtu = mtu
         self.ack_timeout = ack_timeout
@@ -161,7 +198,32 @@ class Session:
         d = min(b0 * 2 ** (self.failures - 1), bmax)
         return d * (0.75 + self.rand(1)[0] / 510)
 
-    def _done(self, result):
+    def rekey(self):
+        """Switch to ``offer`` (once the device has stored it): close the session (close_notify), so that the next
+        request handshakes with the new credential; the current one becomes the fallback."""
+        o = self.offer
+        if o is not None:
+            self.offer = None
+            self.drop()
+            self.old = (self.identity, self.psk)
+            self.identity, self.psk = o
+            self._refused = None
+
+    def _done(self, result, now=None):
+        p = self._posted
+        if p is not None:  # the GET of the new key is over: the hinted request's result stands
+            self._posted = None
+            if result[0] == "ok":
+                self.offer = credential(result[1])
+            result = p
+        elif now is not None and self.cred_path and result[0] == "ok" and hint(result[1]):
+            self._posted = result
+            self.args = (coap.GET, coap.uri_path(self.cred_path), b"", True)
+            self.req = self._exchange()
+            self.ex = None
+            self.fresh = self.renewed = False
+            self._step(now)
+            return
         self.result = result
         self.req = None  # self.ex stays: it answers repeats of its response
         self.failures = 0 if result[0] == "ok" else self.failures + 1
@@ -174,10 +236,23 @@ class Session:
             self._out += c.datagrams()
             self.conn = None
             if self.req is not None:
+                if not c.established:
+                    r = self._refused
+                    if r is not None:  # the fallback was not accepted either: back to the newer credential
+                        self.identity, self.psk = r
+                        self._refused = None
+                    elif c.error in REFUSED and self.old is not None:  # once: the previous credential
+                        self._refused = (self.identity, self.psk)
+                        self.identity, self.psk = self.old
+                        self.old = None
+                        self._connect(now)
+                        return
                 self._done(("error", reason(c.error) if c.error is not None else "closed by server"))
             return
         if not c.established:
             return
+        if self._refused is not None:  # the fallback credential was accepted
+            self.swapped, self._refused = self._refused, None
         ex = self.ex
         if self.req is not None and ex is None:
             ex = self.ex = self.req
@@ -190,7 +265,7 @@ class Session:
         if self.req is None:
             return
         if ex.state == "done":
-            self._done(("ok", ex.response))
+            self._done(("ok", ex.response), now)
         elif ex.state == "failed":
             if ex.error == "timeout":
                 self.drop()  # every retransmission went unanswered: the server may have lost the session
