@@ -5,6 +5,7 @@ tool."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -42,10 +43,8 @@ class Poster(threading.Thread):
             message = coap(CON, 0x02, self.client.next_mid(), self.client.next_token(),
                            [*path("telemetry"), (12, bytes([60])), (15, f"k=t.{seq}".encode())], body)
             self.sent[seq] = time.monotonic()
-            try:
+            with contextlib.suppress(TimeoutError):
                 self.codes[seq] = self.client.request(message, timeout=0.25).code
-            except TimeoutError:
-                pass
             if self.client.closed and self.ended_at is None:
                 self.ended_at = time.monotonic()
             time.sleep(0.01)
