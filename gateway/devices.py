@@ -22,6 +22,10 @@ class RegistryError(Exception):
     """A registry operation that cannot be done; the message is one line, safe to print (no secret)."""
 
 
+class RegistryUnavailable(RegistryError):
+    """The registry file cannot be opened, locked or written (not a problem of the request itself)."""
+
+
 class UnknownDevice(RegistryError):
     pass
 

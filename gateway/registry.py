@@ -34,6 +34,7 @@ from .devices import (
     DuplicateDevice,
     DuplicateIdentity,
     RegistryError,
+    RegistryUnavailable,
     Snapshot,
     UnknownDevice,
     check_device_id,
@@ -43,7 +44,7 @@ from .devices import (
 from .files import DataDirError, create_private_file
 
 __all__ = ["Credential", "Device", "DuplicateDevice", "DuplicateIdentity", "HistoryEntry", "NewDevice", "Registry",
-           "RegistryError", "Snapshot", "UnknownDevice", "check_device_id", "parse_pin"]
+           "RegistryError", "RegistryUnavailable", "Snapshot", "UnknownDevice", "check_device_id", "parse_pin"]
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10000
@@ -85,13 +86,16 @@ CREATE INDEX IF NOT EXISTS history_device ON history(device, id);
 
 @dataclass(frozen=True)
 class NewDevice:
-    """One device to add: with a PSK (``psk_identity`` defaults to the id) or a raw public key pin (``pin``)."""
+    """One device to add: with a PSK (``psk_identity`` defaults to the id) or a raw public key pin (``pin``).
+    ``state`` and ``generation`` (of its one credential) are for devices moved from another registry."""
 
     device_id: str
     psk_identity: str | None = None
     psk: bytes | None = None
     pin: bytes | None = None
     metadata: dict[str, Any] | None = None
+    state: str = "enabled"
+    generation: int = 1
 
 
 @dataclass(frozen=True)
@@ -112,11 +116,11 @@ class Registry:
         self._random = random
         self._lock = threading.Lock()
         if not self.path.exists() and not create:
-            raise RegistryError(f"no registry at {self.path}")
+            raise RegistryUnavailable(f"no registry at {self.path}")
         try:
             create_private_file(self.path)
         except (DataDirError, OSError) as exc:
-            raise RegistryError(str(exc)) from None
+            raise RegistryUnavailable(str(exc)) from None
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -131,7 +135,7 @@ class Registry:
                     self._db.executescript(_SCHEMA)  # IF NOT EXISTS: two processes creating it race harmlessly
                     self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
-            raise RegistryError(f"{self.path}: {exc}") from None
+            raise RegistryUnavailable(f"{self.path}: {exc}") from None
 
     def close(self) -> None:
         self._db.close()
@@ -148,7 +152,7 @@ class Registry:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
-                raise RegistryError(f"{self.path}: {exc}") from None
+                raise RegistryUnavailable(f"{self.path}: {exc}") from None
             try:
                 yield self._db
             except BaseException:
@@ -233,28 +237,39 @@ class Registry:
         ((device, secret),) = self.add_devices([NewDevice(device_id, psk_identity, psk, pin, metadata)])
         return device, secret
 
-    def add_devices(self, batch: Sequence[NewDevice], *, action: str = "added") -> list[tuple[Device, bytes | None]]:
+    def add_devices(self, batch: Sequence[NewDevice], *, action: str = "added",
+                    progress: Callable[[int], None] | None = None) -> list[tuple[Device, bytes | None]]:
         """Add every device of ``batch`` in one transaction: all or none. Checks names, keys and duplicates
-        (within the batch and against the registry) first; the first problem raises RegistryError."""
+        (within the batch and against the registry) first; the first problem raises RegistryError.
+        ``progress(n)`` is called after the n-th device is written (before the commit)."""
         now = self._clock()
         prepared: list[tuple[NewDevice, Credential]] = []
         for item in batch:
             check_device_id(item.device_id)
+            if item.state not in ("enabled", "revoked"):
+                raise RegistryError(f"bad state {item.state!r}: enabled or revoked")
+            if item.generation < 1:
+                raise RegistryError(f"bad credential generation {item.generation}")
             if item.pin is not None:
-                prepared.append((item, Credential("rpk", item.pin, generation=1)))
+                prepared.append((item, Credential("rpk", item.pin, generation=item.generation)))
                 continue
             identity = item.psk_identity if item.psk_identity is not None else item.device_id
             check_psk_identity(identity)
             psk = item.psk if item.psk is not None else self._random(PSK_LENGTH)
             check_psk(psk)
-            prepared.append((item, Credential("psk", identity.encode(), psk, generation=1)))
+            prepared.append((item, Credential("psk", identity.encode(), psk, generation=item.generation)))
         try:
             with self._write() as db:
-                for item, cred in prepared:
+                for n, (item, cred) in enumerate(prepared, 1):
                     db.execute("INSERT INTO devices (id, state, metadata, created_at, updated_at) VALUES "
-                               "(?, 'enabled', ?, ?, ?)", (item.device_id, json.dumps(item.metadata or {}), now, now))
+                               "(?, ?, ?, ?, ?)", (item.device_id, item.state, json.dumps(item.metadata or {}), now,
+                                                   now))
                     self._insert_credential(db, item.device_id, cred, now)
                     self._log(db, now, item.device_id, action, credential=cred.kind, identity=cred.label)
+                    if item.state == "revoked":
+                        self._log(db, now, item.device_id, "revoked")
+                    if progress is not None:
+                        progress(n)
         except sqlite3.IntegrityError as exc:
             raise _integrity(exc, prepared) from None
         out = {d.id: d for d in self._load(None)} if len(batch) > 50 else None

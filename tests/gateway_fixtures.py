@@ -71,7 +71,8 @@ class Gateway:
         before = len(self.log_events("registry_reloaded")) if self.running else 0
         r = subprocess.run([*PROVISION, "--config", str(self.config), *argv], capture_output=True, text=True,
                            timeout=30)
-        if r.returncode == 0 and self.running and argv[0] in ("add", "revoke"):
+        if r.returncode == 0 and self.running and argv[0] in ("add", "revoke", "enable", "rotate", "import",
+                                                              "set-meta"):
             deadline = time.monotonic() + 10
             while len(self.log_events("registry_reloaded")) == before and time.monotonic() < deadline:
                 time.sleep(0.05)
