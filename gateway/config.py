@@ -19,7 +19,8 @@ from urllib.parse import unquote, urlsplit
 T = TypeVar("T")
 
 DEFAULT_DATA_DIR = "/var/lib/iotdtls-gateway"
-TOPIC_FIELDS = frozenset({"device"})
+#: The fields of the topic templates: the device's id, and the gateway's MQTT client id (one per site).
+TOPIC_FIELDS = frozenset({"device", "client_id"})
 
 
 @dataclass(frozen=True)
@@ -96,12 +97,35 @@ class MqttConfig:
     #: Retained "online" / "offline" (the latter as the last will): the broker tells consumers whether the
     #: gateway is up.
     status_topic: str = "gateways/{client_id}/status"
+    #: Commands for devices: the gateway subscribes to this template with {device} as "+" (QoS 1, persistent
+    #: session); empty: no commands. Results (and expiries) are published to ``result_topic``.
+    command_topic: str = "devices/{device}/commands"
+    result_topic: str = "devices/{device}/commands/result"
+
+
+@dataclass(frozen=True)
+class CommandsConfig:
+    #: A command's time to live when it names none, and the most it may name (seconds).
+    ttl: float = 3600.0
+    max_ttl: float = 7 * 86400.0
+    #: Commands waiting per device; one more is reported "rejected" on the result topic.
+    max_per_device: int = 16
+    #: Largest command (JSON bytes on the MQTT topic); it must reach the device in one CoAP message.
+    max_bytes: int = 512
 
 
 @dataclass(frozen=True)
 class LogConfig:
     format: str = "text"
     level: str = "info"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The metrics server (/metrics, /healthz, the status page at /, /status.json); off without [metrics]."""
+
+    host: str = "127.0.0.1"
+    port: int = 9464
 
 
 @dataclass(frozen=True)
@@ -112,6 +136,8 @@ class GatewayConfig:
     spool: SpoolConfig
     mqtt: MqttConfig | None
     log: LogConfig
+    commands: CommandsConfig = CommandsConfig()
+    metrics: MetricsConfig | None = None
 
     @property
     def registry_path(self) -> Path:
@@ -120,6 +146,11 @@ class GatewayConfig:
     @property
     def spool_path(self) -> Path:
         return self.data_dir / "spool.sqlite3"
+
+    @property
+    def downlink_path(self) -> Path:
+        """The commands waiting for devices, and which configuration each was served."""
+        return self.data_dir / "downlink.sqlite3"
 
 
 class _Reader:
@@ -232,7 +263,7 @@ def parse(raw: dict[str, Any], path: Path) -> GatewayConfig:
     top = _Reader(file, raw, "", problems)
     data_dir = base / top.text("data_dir", DEFAULT_DATA_DIR, _non_empty)
     tables: dict[str, dict[str, Any]] = {}
-    for name in ("coaps", "spool", "mqtt", "log"):
+    for name in ("coaps", "spool", "mqtt", "log", "commands", "metrics"):
         top.used.add(name)
         value = raw.get(name, {})
         if not isinstance(value, dict):
@@ -244,9 +275,12 @@ def parse(raw: dict[str, Any], path: Path) -> GatewayConfig:
     spool = _spool(_Reader(file, tables["spool"], "spool.", problems))
     mqtt = _mqtt(_Reader(file, tables["mqtt"], "mqtt.", problems), base) if "mqtt" in raw else None
     log = _log(_Reader(file, tables["log"], "log.", problems))
+    commands = _commands(_Reader(file, tables["commands"], "commands.", problems))
+    metrics = _metrics(_Reader(file, tables["metrics"], "metrics.", problems)) if "metrics" in raw else None
     if problems:
         raise ConfigError(problems)
-    return GatewayConfig(path=path, data_dir=data_dir, coaps=coaps, spool=spool, mqtt=mqtt, log=log)
+    return GatewayConfig(path=path, data_dir=data_dir, coaps=coaps, spool=spool, mqtt=mqtt, log=log,
+                         commands=commands, metrics=metrics)
 
 
 def _coaps(r: _Reader, base: Path) -> CoapsConfig:
@@ -344,9 +378,47 @@ def _mqtt(r: _Reader, base: Path) -> MqttConfig | None:
         reconnect_min=reconnect_min,
         reconnect_max=r.number("reconnect_max", d.reconnect_max, reconnect_min, 86400),
         status_topic=r.text("status_topic", d.status_topic, _topic_template(frozenset({"client_id"}))),
+        command_topic=r.text("command_topic", d.command_topic, _filter_template),
+        result_topic=r.text("result_topic", d.result_topic, _topic_template(TOPIC_FIELDS)),
     )
     r.unknown()
     return out
+
+
+def _filter_template(value: Any) -> str | None:
+    """A topic to subscribe to: empty (no commands), or {device} as one whole level and exactly once."""
+    if value == "":
+        return None
+    problem = _topic_template(TOPIC_FIELDS)(value)
+    if problem is not None:
+        return problem
+    levels = value.replace("{client_id}", "x").split("/")
+    if levels.count("{device}") != 1 or sum("{" in level for level in levels) != 1:
+        return "must contain {device} once, as a whole topic level (devices/{device}/commands)"
+    return None
+
+
+def _commands(r: _Reader) -> CommandsConfig:
+    d = CommandsConfig()
+    max_ttl = r.number("max_ttl", d.max_ttl, 1, 365 * 86400)
+    out = CommandsConfig(
+        ttl=r.number("ttl", d.ttl, 1, max_ttl),
+        max_ttl=max_ttl,
+        max_per_device=r.integer("max_per_device", d.max_per_device, 1, 10_000),
+        max_bytes=r.integer("max_bytes", d.max_bytes, 16, 4096),
+    )
+    r.unknown()
+    return out
+
+
+def _metrics(r: _Reader) -> MetricsConfig:
+    d = MetricsConfig()
+    parsed = _host_port(r.text("bind", f"{d.host}:{d.port}", _non_empty))
+    if isinstance(parsed, str):
+        r.problem("bind", parsed)
+        parsed = (d.host, d.port)
+    r.unknown()
+    return MetricsConfig(host=parsed[0], port=parsed[1])
 
 
 def _log(r: _Reader) -> LogConfig:

@@ -3,10 +3,14 @@ DTLS server reads during handshakes (never SQLite). :mod:`.registry` stores them
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+import cbor2
 
 from iotdtls.keys import ni_uri
 
@@ -52,6 +56,28 @@ def check_psk_identity(identity: str) -> None:
 def check_psk(psk: bytes) -> None:
     if not 16 <= len(psk) <= 64:
         raise RegistryError(f"a PSK has 16 to 64 bytes, not {len(psk)}")
+
+
+#: The largest device configuration document, CBOR-encoded: it travels to the device in one CoAP message.
+MAX_CONFIG_BYTES = 384
+
+
+def check_config(config: Any) -> None:
+    """A device configuration document: a JSON object whose CBOR form fits in MAX_CONFIG_BYTES."""
+    if not isinstance(config, dict):
+        raise RegistryError("a device configuration is a JSON object ({...})")
+    try:
+        size = len(cbor2.dumps(config))
+    except (TypeError, ValueError, RecursionError, cbor2.CBOREncodeError) as exc:
+        raise RegistryError(f"the configuration cannot be encoded: {exc}") from None
+    if size > MAX_CONFIG_BYTES:
+        raise RegistryError(f"the configuration takes {size} bytes as CBOR; at most {MAX_CONFIG_BYTES}")
+
+
+def config_etag(config: Any) -> bytes:
+    """The CoAP ETag of a configuration document: 8 bytes of SHA-256 over its canonical JSON."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).digest()[:8]
 
 
 def derive_psk(master: bytes, device_id: str) -> bytes:

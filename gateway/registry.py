@@ -37,9 +37,11 @@ from .devices import (
     RegistryUnavailable,
     Snapshot,
     UnknownDevice,
+    check_config,
     check_device_id,
     check_psk,
     check_psk_identity,
+    config_etag,
 )
 from .files import DataDirError, create_private_file
 
@@ -314,6 +316,21 @@ class Registry:
             db.execute("UPDATE devices SET metadata = ?, updated_at = ? WHERE id = ?",
                        (json.dumps(meta, sort_keys=True), now, device_id))
             self._log(db, now, device_id, "metadata", key=key, value=value)
+        return self.get(device_id)
+
+    def set_config(self, device_id: str, config: Any) -> Device:
+        """Store the device's configuration document (a JSON object; None removes it). The running gateway
+        notifies the device's observers of ``/config`` within a second, and hints the change on its next 2.04."""
+        if config is not None:
+            check_config(config)
+        now = self._clock()
+        text = None if config is None else json.dumps(config, sort_keys=True, separators=(",", ":"))
+        with self._write() as db:
+            cur = db.execute("UPDATE devices SET config = ?, updated_at = ? WHERE id = ?", (text, now, device_id))
+            if cur.rowcount == 0:
+                raise UnknownDevice(f"no device {device_id!r}")
+            self._log(db, now, device_id, "config", etag=None if config is None else config_etag(config).hex(),
+                      size=0 if text is None else len(text))
         return self.get(device_id)
 
     def rotate(self, device_id: str, *, grace: float, psk: bytes | None = None) -> tuple[Credential, bytes]:

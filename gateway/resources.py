@@ -69,9 +69,12 @@ class TelemetryResource(resource.Resource):  # type: ignore[misc]
 
     def __init__(self, snapshot: Callable[[], Snapshot], writer: SpoolWriter, *, max_body: int,
                  clock: Callable[[], float] = time.time, random: Callable[[int], bytes] | None = None,
-                 on_stored: Callable[[str, str, bool], None] | None = None) -> None:
+                 on_stored: Callable[[str, str, bool], None] | None = None,
+                 hints: Callable[[str], dict[str, Any]] | None = None) -> None:
         super().__init__()
         self._snapshot = snapshot
+        #: What else waits for a device (the downlink's {"cfg": true} / {"cmd": N}), told on its 2.04
+        self._hints = hints
         self._writer = writer
         self._max_body = max_body
         self._clock = clock
@@ -136,8 +139,11 @@ class TelemetryResource(resource.Resource):  # type: ignore[misc]
         self.stats["duplicates" if stored.duplicate else "accepted"] += 1
         if self._on_stored is not None:
             self._on_stored(device, stored.msg_id, stored.duplicate)
+        hints = self._hints(device) if self._hints is not None else {}
         if newer_credential(request.remote, self._snapshot()) is not None:
-            return aiocoap.Message(code=Code.CHANGED, payload=CREDENTIAL_HINT, content_format=60)
+            hints["cred"] = True
+        if hints:
+            return aiocoap.Message(code=Code.CHANGED, payload=cbor2.dumps(hints), content_format=60)
         return aiocoap.Message(code=Code.CHANGED)
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiocoap.resource as resource
 
@@ -25,12 +26,21 @@ from iotdtls.ratelog import RateLimitedLog
 from iotdtls.trust import PeerCredential
 
 from .config import GatewayConfig
+from .downlink import Downlink
 from .files import ensure_data_dir
 from .logs import event
 from .registry import Registry, Snapshot
+from .reload import ReloadPlan, spool_limits
+from .reload import plan as reload_plan
 from .resources import CredentialsResource, TelemetryResource, device_of, session_credential
 from .spool import Message, SpoolLimits
 from .spool_writer import SpoolWriter
+from .stats import GatewayStats
+
+if TYPE_CHECKING:
+    from iotdtls.coap.server import IotdtlsServerTransport
+
+    from .status_server import StatusServer
 
 log = logging.getLogger("iotdtls_gateway")
 REGISTRY_POLL = 1.0
@@ -56,6 +66,7 @@ class Gateway:
         self.writer: SpoolWriter | None = None
         self.telemetry: TelemetryResource | None = None
         self.uplink: Any = None
+        self._uplink_task: asyncio.Task[None] | None = None
         self._ctx: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pressure = 0
@@ -66,8 +77,13 @@ class Gateway:
         self._gate_version = -1
         self._gate_revoked: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
+        #: configuration and commands for devices (None until started)
+        self.downlink: Downlink | None = None
         #: when the next key of the snapshot expires (the watch loop ends its sessions then)
         self._next_expiry = float("inf")
+        #: counters and per-device activity for the metrics server (which runs when [metrics] is configured)
+        self.stats = GatewayStats(clock)
+        self.metrics_server: StatusServer | None = None
 
     # -- start ---------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -92,13 +108,23 @@ class Gateway:
             await self._close_stores()
             raise StartError(str(exc)) from None
         self._end_invalid_sessions()  # the first snapshot's expiries
+        self.downlink = Downlink(cfg.downlink_path, cfg.commands, lambda: self.snapshot, self.writer,
+                                 clock=self._clock)
+        try:
+            await self.downlink.start()
+        except Exception as exc:  # CommandStoreError: one line
+            self.downlink = None
+            await self._close_stores()
+            raise StartError(str(exc)) from None
         self.telemetry = TelemetryResource(lambda: self.snapshot, self.writer, max_body=cfg.coaps.max_body,
-                                           clock=self._clock, on_stored=self._stored)
+                                           clock=self._clock, on_stored=self._stored, hints=self.downlink.hints)
         site = resource.Site()
         site.add_resource([".well-known", "core"], resource.WKCResource(site.get_resources_as_linkheader))
         site.add_resource(["telemetry"], self.telemetry)
         site.add_resource(["credentials"], CredentialsResource(lambda: self.snapshot, self._clock,
                                                                on_fetched=self._key_fetched))
+        site.add_resource(["config"], self.downlink.config_resource)
+        site.add_resource(["commands"], self.downlink.commands_resource)
         c = cfg.coaps
         try:
             self._ctx = await server_context(
@@ -110,17 +136,43 @@ class Gateway:
             raise StartError(f"cannot serve coaps on {c.host}:{c.port}: {exc.strerror or exc}") from None
         server_transport(self._ctx).on_event = self._dtls_event
         self._tasks.append(asyncio.ensure_future(self._watch()))
-        if cfg.mqtt is not None:
-            from .uplink.mqtt import MqttUplink
-
-            self.uplink = MqttUplink(cfg.mqtt, self.writer, cfg.spool_path, log=logging.getLogger(
-                "iotdtls_gateway.uplink"))
-            self._tasks.append(asyncio.ensure_future(self.uplink.run()))
+        self._start_uplink()
+        await self._start_metrics()
         host, port = self.address
         log.info("serving coaps://%s:%d: %d devices in the registry, spool %s (%d messages waiting), %s",
                  host, port, len(self.snapshot.devices), cfg.spool_path, self.writer.totals.messages,
                  f"uplink {cfg.mqtt.url}" if cfg.mqtt else "no uplink: messages stay in the spool",  # no password
                  extra=event("started", bind=f"{host}:{port}", devices=len(self.snapshot.devices)))
+
+    def _start_uplink(self) -> None:
+        """The MQTT uplink of the current configuration, if it has [mqtt]: made here, at the start and on a reload
+        that changes [mqtt], so that both wire it alike."""
+        cfg = self.config
+        if cfg.mqtt is None or self.writer is None:
+            return
+        from .uplink.mqtt import MqttUplink
+
+        self.uplink = MqttUplink(cfg.mqtt, self.writer, cfg.spool_path, log=logging.getLogger(
+            "iotdtls_gateway.uplink"), on_command=self.downlink.on_command if self.downlink else None)
+        self.uplink.on_ack = self.stats.publish_latency.observe
+        self._uplink_task = asyncio.ensure_future(self.uplink.run())
+        self._tasks.append(self._uplink_task)
+
+    async def _start_metrics(self) -> None:
+        """The metrics server ([metrics] bind): /metrics, /healthz, the status page, /status.json."""
+        m = self.config.metrics
+        if m is None:
+            return
+        from .status_server import StatusServer
+
+        server = StatusServer(self, m.host, m.port)
+        try:
+            await server.start()
+        except OSError as exc:
+            await self.stop()
+            why = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's own text repeats the address
+            raise StartError(f"cannot serve metrics on {m.host}:{m.port}: {why}") from None
+        self.metrics_server = server
 
     def _dtls_config(self) -> DTLSConfiguration:
         c = self.config.coaps
@@ -139,6 +191,7 @@ class Gateway:
             handshake_timeout=c.handshake_timeout, idle_timeout=c.idle_timeout)
 
     def _stored(self, device: str, msg_id: str, duplicate: bool) -> None:
+        self.stats.reading_stored(device)
         log.debug("reading from %s %s: %s", device, "recognised as a resend" if duplicate else "committed", msg_id,
                   extra=event("reading", device=device, id=msg_id, duplicate=duplicate))
         if self.on_stored is not None:
@@ -153,7 +206,7 @@ class Gateway:
                 self._gate_revoked = registry.revoked()
                 self._gate_version = version
         revoked = self._gate_revoked
-        return ["revoked" if m.device in revoked else None for m in messages]
+        return ["revoked" if m.from_device and m.device in revoked else None for m in messages]
 
     def _key_fetched(self, device: str, identity: str) -> None:
         log.info("device %s fetched its new key %s", device, identity,
@@ -170,6 +223,11 @@ class Gateway:
         addr: tuple[str, int] = server_transport(self._ctx).address
         return addr
 
+    @property
+    def transport(self) -> IotdtlsServerTransport | None:
+        """The CoAPs server's transport while serving (None before the start and after the stop)."""
+        return server_transport(self._ctx) if self._ctx is not None else None
+
     # -- while running -------------------------------------------------------------------------------
     async def _watch(self) -> None:
         """Reload the registry snapshot when the file changed; log spool pressure as it crosses levels."""
@@ -181,11 +239,16 @@ class Gateway:
             try:
                 now_version = await asyncio.to_thread(registry.data_version)
                 if now_version != version:
+                    old = self.snapshot
                     await self._reload()
                     version = self.snapshot.version
+                    if self.downlink is not None:
+                        self.downlink.config_changed(old, self.snapshot)
                 elif self._clock() >= self._next_expiry:
                     self._end_invalid_sessions()  # a key's grace period ended: its sessions end with it
                 self._check_pressure()
+                if self.downlink is not None:
+                    await self.downlink.sweep()
             except Exception as exc:  # a locked or busy file: the next second; the watch must never stop
                 self._ratelog("registry_watch", self._clock(), logging.WARNING, "registry check failed: %s", exc)
 
@@ -205,6 +268,7 @@ class Gateway:
         expiries = [c.not_after for d in self.snapshot.devices.values() for c in d.credentials
                     if c.not_after is not None and c.not_after > now]
         self._next_expiry = min(expiries, default=float("inf"))
+        self.stats.prune(self.snapshot.devices)
         if self._ctx is None:
             return
         transport = server_transport(self._ctx)
@@ -217,6 +281,7 @@ class Gateway:
             why = "revoked" if device is None or not device.enabled else "its key is no longer valid"
             log.info("session of device %s from %s ended: %s", name, remote.hostinfo, why,
                      extra=event("session_ended", device=name, addr=remote.hostinfo, reason=why))
+            self.stats.session_revoked("revoked" if why == "revoked" else "key_invalid")
             transport.end_session(remote, AlertError(why, description=AlertDescription.access_denied))
 
     def _first_use(self, kind: str, identity: bytes) -> None:
@@ -251,6 +316,7 @@ class Gateway:
         where = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
         if isinstance(ev, HandshakeCompleted):
             device = self._device_of_session(ev)
+            self.stats.handshake_completed(addr, ev.cipher_suite, device)
             log.info("handshake: device %s from %s (%s)", device or "?", where, "key" if ev.peer else "psk",
                      extra=event("handshake", device=device, addr=where, credential="key" if ev.peer else "psk"))
             kind, identity = ("rpk", ev.peer.fingerprint) if ev.peer is not None else ("psk", ev.identity)
@@ -258,7 +324,11 @@ class Gateway:
             if found is not None and found[1].first_used_at is None:
                 self.snapshot.note_used(kind, identity, self._clock())
                 self._first_use(kind, identity)
-        elif isinstance(ev, ConnectionTerminated | ReplacementFailed) and ev.error is not None:
+        elif isinstance(ev, ConnectionTerminated):
+            self.stats.connection_ended(addr, failed=ev.error is not None)
+        elif isinstance(ev, ReplacementFailed):
+            self.stats.handshake_failed()
+        if isinstance(ev, ConnectionTerminated | ReplacementFailed) and ev.error is not None:
             # An unknown identity and a wrong key end alike (bad_record_mac); the text says nothing else.
             self._ratelog("handshake_failed", self._clock(), logging.WARNING, "session or handshake from %s ended: %s",
                           where, ev.error)
@@ -269,10 +339,50 @@ class Gateway:
             peer = ev.peer
         return device_of(_Remote, self.snapshot, self._clock())
 
+    # -- reload (SIGHUP) -----------------------------------------------------------------------------
+    async def reconfigure(self, new: GatewayConfig) -> ReloadPlan:
+        """Apply a configuration read again from its file (and valid): the spool's bounds from the writer's next
+        commit; a new uplink when [mqtt] changed (the old one stops gracefully: what the broker has not
+        acknowledged stays in the spool, and the new one publishes it first); the registry reloaded at once. No
+        session is touched. A changed key that needs a restart keeps its old value (the plan names it). Logging is
+        the caller's: the command line may override the file's [log]."""
+        p = reload_plan(self.config, new)
+        self.config = p.effective
+        if p.touches("spool") and self.writer is not None:
+            self.writer.set_limits(spool_limits(self.config), self.config.spool.commit_window)
+        if p.touches("commands") and self.downlink is not None:
+            self.downlink.reconfigure(self.config.commands)
+        if p.touches("mqtt"):
+            old, task = self.uplink, self._uplink_task
+            self.uplink = self._uplink_task = None
+            if old is not None:
+                if self.config.mqtt is None or old.config.command_topic != self.config.mqtt.command_topic:
+                    old.unsubscribe_at_stop = True  # the session is persistent: its subscription would stay
+                await old.stop()
+            if task is not None:
+                await asyncio.wait([task])
+                if not task.cancelled() and task.exception() is not None:
+                    log.warning("the previous uplink ended with an error: %s", task.exception())
+                self._tasks.remove(task)
+            self._start_uplink()
+        if self.registry is not None:
+            before = self.snapshot
+            try:
+                await self._reload()
+            except Exception as exc:  # a busy file: the watch loop reloads it within a second anyway
+                log.warning("registry reload failed: %s", exc)
+            else:
+                if self.downlink is not None:
+                    self.downlink.config_changed(before, self.snapshot)
+        return p
+
     # -- stop ----------------------------------------------------------------------------------------
     async def stop(self) -> None:
         """Stop accepting, answer what is in flight, close every session with close_notify, commit what is
         queued, disconnect from the broker."""
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
+            self.metrics_server = None
         deadline = time.monotonic() + DRAIN_TIMEOUT
         while self.telemetry is not None and self.telemetry.pending and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -296,6 +406,8 @@ class Gateway:
         for task in list(self._background):
             with contextlib.suppress(BaseException):
                 await task
+        if self.downlink is not None:
+            await self.downlink.close()
         if self.writer is not None:
             await self.writer.close()
         for registry in (self.registry, self._gate_registry):

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from .files import DataDirError, create_private_file
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: What a message is, so the uplink picks its topic: a reading, or the result (or expiry) of a command.
+KINDS = ("telemetry", "result")
 BUSY_TIMEOUT_MS = 5000
 #: Expired idempotency keys are removed at most this often (seconds).
 KEY_SWEEP_INTERVAL = 60.0
@@ -28,7 +30,8 @@ CREATE TABLE IF NOT EXISTS messages (
     device TEXT NOT NULL,
     msg_id TEXT NOT NULL,
     received_at REAL NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'telemetry'
 );
 CREATE TABLE IF NOT EXISTS keys (
     device TEXT NOT NULL,
@@ -76,6 +79,10 @@ class Message:
     key: str | None
     received_at: float
     body: bytes
+    kind: str = "telemetry"
+    #: Sent by the device (the commit gate refuses it once the device is revoked), or made by the gateway (a
+    #: command's expiry, say: never refused). Not stored.
+    from_device: bool = True
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,7 @@ class Row:
     msg_id: str
     received_at: float
     body: bytes
+    kind: str = "telemetry"
 
 
 @dataclass(frozen=True)
@@ -132,6 +140,11 @@ class SpoolStore:
                 if version == 0:
                     self._db.executescript(_SCHEMA)
                     self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                elif version == 1:  # a spool of 0.x: its messages are readings
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._db.execute("ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'telemetry'")
+                    self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    self._db.execute("COMMIT")
             self.totals = self._count()
         except (sqlite3.DatabaseError, DataDirError, OSError) as exc:
             raise SpoolError(f"{self.path}: {exc}") from None
@@ -163,8 +176,8 @@ class SpoolStore:
                 if full is not None:
                     out.append(full)
                     continue
-                cur = db.execute("INSERT INTO messages (device, msg_id, received_at, body) VALUES (?, ?, ?, ?)",
-                                 (m.device, m.msg_id, m.received_at, m.body))
+                cur = db.execute("INSERT INTO messages (device, msg_id, received_at, body, kind) VALUES "
+                                 "(?, ?, ?, ?, ?)", (m.device, m.msg_id, m.received_at, m.body, m.kind))
                 if m.key is not None:
                     db.execute("INSERT OR REPLACE INTO keys (device, key, msg_id, seen_at) VALUES (?, ?, ?, ?)",
                                (m.device, m.key, m.msg_id, now))
@@ -230,7 +243,7 @@ class SpoolStore:
     def read(self, after: int = 0, limit: int = 100) -> list[Row]:
         """Messages with ``seq`` above ``after``, oldest first (in order per device, and overall)."""
         return [Row(*r) for r in self._db.execute(
-            "SELECT seq, device, msg_id, received_at, body FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, device, msg_id, received_at, body, kind FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
             (after, limit))]
 
     def _count(self) -> Totals:

@@ -70,6 +70,11 @@ class SpoolWriter:
         self.new_messages = asyncio.Event()
 
     @property
+    def alive(self) -> bool:
+        """The writer thread runs (``/healthz`` reports it)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def totals(self) -> Totals:
         assert self._store is not None
         return self._store.totals
@@ -96,6 +101,14 @@ class SpoolWriter:
         future: asyncio.Future[Any] = self._loop.create_future()
         self._queue.put(_Op(kind, payload, future))
         return future
+
+    def set_limits(self, limits: SpoolLimits, commit_window: float) -> None:
+        """New bounds and commit window (a configuration reload), used from the next commit: the writer thread
+        reads each of them once per use, and swapping a reference is atomic."""
+        self.limits = limits
+        self.commit_window = commit_window
+        if self._store is not None:
+            self._store.limits = limits
 
     async def close(self) -> None:
         """Commit everything queued, then stop the thread and close the file."""

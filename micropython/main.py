@@ -14,6 +14,9 @@
 # "credentials" (next to "path"), writes it to the config file (atomically: a temp file renamed over it; the
 # previous key stays as "old_identity"/"old_psk"), closes the session, and handshakes with the new key at the next
 # request. If that key is refused (bad_record_mac), it falls back to the previous one, once.
+# Downlink (docs/gateway.md): a 2.04 carrying {"cfg": true} makes the device GET "config" (with the ETag it has,
+# "config_etag"; 2.03: unchanged) and apply what it knows of it ("interval"), stored in its config file; {"cmd": N}
+# makes it GET "commands", run each with its handler (HANDLERS) and POST each result to "commands".
 import json
 import os
 import socket
@@ -144,6 +147,38 @@ def reading(n, uptime):
     return cbor.dumps(r)
 
 
+def cmd_led(dev, args):
+    """Switch the board's LED (args: {"on": bool}; no args: toggle); on the unix port only the state changes."""
+    on = args.get("on") if isinstance(args, dict) else None
+    dev.led = (not dev.led) if on is None else bool(on)
+    try:
+        import machine
+        machine.Pin("LED", machine.Pin.OUT).value(dev.led)
+    except Exception:  # no machine module (unix, CPython) or no LED pin
+        pass
+    return {"led": dev.led}
+
+
+def cmd_reboot(dev, args):
+    """Reboot once the result is posted (machine.reset on a board); elsewhere a new boot id, i.e. a new Device."""
+    dev.reboot = True
+    return {"rebooting": True}
+
+
+#: Command name -> handler(device, args) returning the result (any CBOR value); an exception is an "error" result.
+HANDLERS = {"led": cmd_led, "reboot": cmd_reboot}
+
+
+def apply_config(cfg, doc):
+    """Apply a configuration document from the gateway: the keys the device knows; returns their names."""
+    done = []
+    v = doc.get("interval")
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1e9:
+        cfg["interval"] = v
+        done.append("interval")
+    return done
+
+
 def wifi(cfg):
     if "wifi_ssid" not in cfg:
         return
@@ -232,6 +267,8 @@ class Device:
         self.sock = None
         self.up_ms = 0  # uptime, summed from tick differences (ticks_ms wraps every ~12 days on boards)
         self.up_tick = ticks_ms()
+        self.led = False
+        self.reboot = False  # a "reboot" command ran: the loop starts a new Device (machine.reset on a board)
 
     def uptime(self):
         """Seconds since the Device was made; called at least every few days (each reading), so wrap-safe."""
@@ -310,10 +347,18 @@ class Device:
             s.request(self.clock(), code, self.cfg["path"], last[1], coap.CF_CBOR, query=self.key(n))
             self._flush()
             self.wait(None)
+            result = s.result
             line = adopt(self.cfg, s)
             if line:
                 self.out(line)
                 self._flush()  # the close_notify of a rekey
+            if result[0] == "ok" and getattr(result[1], "payload", None) and result[1].code == coap.CHANGED:
+                try:
+                    self.downlink(coaps._cbor_map(result[1]))
+                except OSError as e:  # the reading was acknowledged: what waits is fetched after the next one
+                    s.abort(network_error(e))
+                    self._close_socket()
+            s.result = result
         except ValueError as e:  # a reading too large for the configured mtu
             return ("error", str(e))
         except OSError as e:
@@ -322,6 +367,63 @@ class Device:
         if s.timer() is None:
             self.clock.rebase()
         return s.result
+
+    def ask(self, code, path, payload=b"", opts=None):
+        """One more request over the session; the response Message, or None."""
+        p = self.cfg["path"]
+        self.session.request(self.clock(), code, p[:p.rfind("/") + 1] + path, payload,
+                             coap.CF_CBOR if payload else None, opts=opts)
+        self._flush()
+        self.wait(None)
+        r = self.session.result
+        return r[1] if r[0] == "ok" else None
+
+    def downlink(self, hints):
+        """Follow the hints of a 2.04: fetch a changed configuration, run the commands waiting."""
+        cfg = self.cfg
+        if hints.get("cfg"):
+            tag = cfg.get("config_etag")
+            m = self.ask(coap.GET, "config", opts=[(coap.ETAG, unhexlify(tag))] if tag else None)
+            if m is not None and m.code in (coap.CONTENT, coap.VALID):
+                etag = m.opt(coap.ETAG)
+                doc = coaps._cbor_map(m) if m.code == coap.CONTENT else {}
+                applied = apply_config(cfg, doc)
+                if etag:
+                    cfg["config_etag"] = str(hexlify(etag[0]), "ascii")
+                try:
+                    save_config(cfg)
+                except OSError as e:
+                    self.out("config not stored: %s" % e)  # noqa: UP031
+                self.out("config %s: %s" % (cfg.get("config_etag"), ",".join(applied) or "unchanged"))  # noqa: UP031
+        rounds = 4 if hints.get("cmd") else 0
+        while rounds:
+            rounds -= 1
+            m = self.ask(coap.GET, "commands")
+            try:
+                batch = cbor.loads(m.payload) if m is not None and m.code == coap.CONTENT else []
+            except ValueError:
+                batch = []
+            if not isinstance(batch, list) or not batch:
+                return
+            for c in batch:
+                self.run_command(c)
+            if not isinstance(self.session.result[1], coap.Message) or not coaps._cbor_map(
+                    self.session.result[1]).get("cmd"):
+                return
+
+    def run_command(self, c):
+        if not isinstance(c, dict) or not isinstance(c.get("id"), str):
+            return
+        f = HANDLERS.get(c.get("name"))
+        try:
+            if f is None:
+                raise ValueError("unknown command")
+            out = {"id": c["id"], "status": "ok", "result": f(self, c.get("args"))}
+        except Exception as e:
+            out = {"id": c["id"], "status": "error", "result": str(e)}
+        m = self.ask(coap.POST, "commands", cbor.dumps(out))
+        self.out("command %s %s: %s -> %s" % (c["id"], c.get("name"), out["status"],  # noqa: UP031
+                                             coap.code_str(m.code) if m is not None else "no answer"))
 
     def pause(self, seconds):
         """Wait `seconds` while still answering the server (e.g. its close_notify); socket errors (a refused
@@ -348,6 +450,20 @@ class Device:
         self._close_socket()
 
 
+def restart(dev, cfg, out):
+    """After a "reboot" command: machine.reset() on a board; elsewhere a new Device (a new boot id)."""
+    if not dev.reboot:
+        return dev
+    dev.close()
+    try:
+        import machine
+        machine.reset()
+    except ImportError:
+        pass
+    out("rebooted")
+    return Device(cfg, out=out)
+
+
 def run_count(cfg, count, out=print):
     """Post `count` readings, each tried up to cfg["tries"] times; 0 when all were answered."""
     dev = Device(cfg, out=out)
@@ -364,6 +480,7 @@ def run_count(cfg, count, out=print):
             else:
                 out(f"error: reading {n} not answered after {tries} attempt(s): {r}")
                 return 1
+            dev = restart(dev, cfg, out)
             if n < count:
                 dev.pause(cfg["interval"])
     finally:
@@ -383,6 +500,7 @@ def run_forever(cfg, out=print, limit=None):
                 n += 1
                 ok, r = dev.post(n)
                 out(f"{n} {coap.code_str(r.code)}" if ok == "ok" else f"{n} {r}")
+                dev = restart(dev, cfg, out)
                 dev.pause(cfg["interval"] if ok == "ok" else max(dev.session.delay(), 1))
         except KeyboardInterrupt:
             raise

@@ -72,7 +72,7 @@ class Gateway:
         r = subprocess.run([*PROVISION, "--config", str(self.config), *argv], capture_output=True, text=True,
                            timeout=30)
         if r.returncode == 0 and self.running and argv[0] in ("add", "revoke", "enable", "rotate", "import",
-                                                              "set-meta"):
+                                                              "set-meta", "set-config"):
             deadline = time.monotonic() + 10
             while len(self.log_events("registry_reloaded")) == before and time.monotonic() < deadline:
                 time.sleep(0.05)

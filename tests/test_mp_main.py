@@ -483,6 +483,7 @@ def test_run_count_out_lines(mp_main, monkeypatch):
         def __init__(self, cfg, out=print):
             self.session = FakeSession()
             self.closed = False
+            self.reboot = False
 
         def post(self, n):
             return script.pop(0)
@@ -523,6 +524,7 @@ def test_run_forever_board_loop(mp_main, monkeypatch):
         def __init__(self, cfg, out=print):
             self.session = FakeSession()
             self.closed = False
+            self.reboot = False
             made.append(self)
 
         def post(self, n):

@@ -3,6 +3,7 @@
     iotdtls-gateway run --config FILE.toml [--log-json] [-v]
     iotdtls-gateway check --config FILE.toml
     iotdtls-gateway spool --config FILE.toml [--json] [--follow]
+    iotdtls-gateway status --config FILE.toml [--json]
     iotdtls-gateway demo [--devices N] [--readings N] [--loss P] [--mqtt URL]
 
 Exit status: 0 done, 1 the gateway could not start or failed, 2 usage or configuration errors (one line each).
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     spool.add_argument("--config", required=True, metavar="FILE.toml")
     spool.add_argument("--json", action="store_true", help="one JSON line per message (the envelope)")
     spool.add_argument("--follow", action="store_true", help="keep printing messages as they arrive")
+    status = sub.add_parser("status", help="the running gateway's figures, from its [metrics] server")
+    status.add_argument("--config", required=True, metavar="FILE.toml")
+    status.add_argument("--json", action="store_true", help="the /status.json document as it came")
     demo = sub.add_parser("demo", help="a gateway with simulated devices in a temporary data dir")
     demo.add_argument("--devices", type=int, default=3, metavar="N", help="simulated devices (default 3)")
     demo.add_argument("--readings", type=int, default=3, metavar="N", help="readings per device (default 3)")
@@ -69,25 +73,39 @@ def cmd_check(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the daemon takes it: a reload while starting never kills
     config = load_config(args.config)
     setup("json" if args.log_json else config.log.format, "debug" if args.verbose else config.log.level)
     os.umask(0o077)  # every file the gateway creates is its own
+    from ..daemon import Daemon
     from ..service import Gateway, StartError
+
+    def relog(new: GatewayConfig) -> None:  # a reload (SIGHUP) that changed [log]: the command line still wins
+        setup("json" if args.log_json else new.log.format, "debug" if args.verbose else new.log.level)
 
     async def main() -> None:
         gateway = Gateway(config)
+        daemon = Daemon(gateway, relog)  # systemd's NOTIFY_SOCKET and watchdog, SIGHUP, SIGTERM/SIGINT
         try:
             await gateway.start()
         except StartError as exc:
+            daemon.failed(str(exc))
             fail(str(exc), 1)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await daemon.serve()  # READY=1 ... STOPPING=1
         await gateway.stop()
 
     asyncio.run(main())
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from .status import StatusUnavailable, fetch_status, summary
+
+    config = load_config(args.config)
+    try:
+        doc = fetch_status(config)
+    except StatusUnavailable as exc:
+        fail(str(exc), 1)
+    print(json.dumps(doc) if args.json else "\n".join(summary(doc)))
 
 
 def cmd_spool(args: argparse.Namespace) -> None:
@@ -131,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
             cmd_check(args)
         elif args.command == "run":
             cmd_run(args)
+        elif args.command == "status":
+            cmd_status(args)
         elif args.command == "spool":
             cmd_spool(args)
         else:

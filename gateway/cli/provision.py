@@ -15,6 +15,7 @@
       rotate DEVICE... [--grace DURATION] [--psk-file FILE|- | --derive-from FILE | --printable-key]
       list [--json] [--stale | --revoked]   show DEVICE   history DEVICE [--json]
       set-meta DEVICE KEY=VALUE...
+    set-config DEVICE FILE.json|-   get-config DEVICE
     (device configs also take --host H --port P --interval S --wifi-ssid SSID --wifi-password-file FILE)
 
 Keys never reach stdout, logs or error messages unless --show-secret is given; keys are read from files or
@@ -35,10 +36,12 @@ from ..devices import RegistryError, RegistryUnavailable
 from ..registry import Registry
 from .provision_commands import (
     cmd_add,
+    cmd_get_config,
     cmd_history,
     cmd_import_,
     cmd_list,
     cmd_rotate,
+    cmd_set_config,
     cmd_set_meta,
     cmd_show,
     cmd_state,
@@ -168,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     meta = command("set-meta", "set metadata: KEY=VALUE (VALUE is JSON if it parses, else a string; KEY= removes)")
     meta.add_argument("device")
     meta.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
+    setc = command("set-config", "store a device's configuration document (JSON object; - : stdin), served at "
+                   "/config; the device learns of it at its next exchange")
+    setc.add_argument("device")
+    setc.add_argument("file", metavar="FILE.json|-")
+    setc.add_argument("--clear", action="store_true", help="remove the document instead (FILE is then not read)")
+    getc = command("get-config", "print a device's configuration document and its ETag")
+    getc.add_argument("device")
     return p
 
 
@@ -221,7 +231,8 @@ def open_registry(args: argparse.Namespace) -> Context:
 
 COMMANDS = {"add": cmd_add, "import": cmd_import_, "export": cmd_export, "device-config": cmd_device_config,
             "bundle": cmd_bundle, "revoke": cmd_state, "enable": cmd_state, "rotate": cmd_rotate, "list": cmd_list,
-            "show": cmd_show, "history": cmd_history, "set-meta": cmd_set_meta}
+            "show": cmd_show, "history": cmd_history, "set-meta": cmd_set_meta,
+            "set-config": cmd_set_config, "get-config": cmd_get_config}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,7 +22,7 @@ from iotdtls.keys import (
     spki_der,
 )
 
-from ..devices import PSK_LENGTH, derive_psk
+from ..devices import PSK_LENGTH, config_etag, derive_psk
 from ..registry import NewDevice, parse_pin
 from .provision_common import (
     PROG,
@@ -253,3 +253,35 @@ def cmd_set_meta(ctx: Context, args: argparse.Namespace) -> None:
     for key, value in pairs:
         device = ctx.registry.set_meta(args.device, key, value)
         print(f"{device.id}: removed {key}" if value is None else f"{device.id}: {key} = {json.dumps(value)}")
+
+
+def cmd_set_config(ctx: Context, args: argparse.Namespace) -> None:
+    if args.clear:
+        device = ctx.registry.set_config(args.device, None)
+        print(f"{device.id}: configuration removed")
+        return
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise Failure(f"cannot read {args.file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise Failure(f"{args.file}: not UTF-8 text") from None
+    try:
+        doc = json.loads(text, parse_constant=_no_constant)
+    except ValueError as exc:
+        raise Failure(f"{args.file}: not valid JSON: {exc}") from None
+    device = ctx.registry.set_config(args.device, doc)
+    print(f"{device.id}: configuration stored, ETag {config_etag(doc).hex()} "
+          f"({len(json.dumps(doc, separators=(',', ':')))} bytes of JSON)")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def cmd_get_config(ctx: Context, args: argparse.Namespace) -> None:
+    device = ctx.registry.get(args.device)
+    if device.config is None:
+        raise Failure(f"{device.id} has no configuration")
+    print(json.dumps(device.config, indent=2, sort_keys=True))
+    print(f"# ETag {config_etag(device.config).hex()}", file=sys.stderr)

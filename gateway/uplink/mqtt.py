@@ -64,9 +64,30 @@ STOP_GRACE = 2.0
 ACK_TIMEOUT = 30.0
 #: Largest number of rows read from the spool at once.
 READ_BATCH_MAX = 512
-#: MQTT 3.1.1 clean session. The spool, not a broker session, is what makes delivery at-least-once; a persistent
-#: session only matters once the gateway subscribes (commands: then set this to False).
-CLEAN_SESSION = True
+#: Commands received and waiting to be stored. The broker sends at most its in-flight window of unacknowledged QoS 1
+#: messages (mosquitto: 20, EMQX: 32), and the gateway acknowledges a command only once stored, so this is never
+#: reached with a broker that keeps a window; a command over it is dropped by aiomqtt unacknowledged, and the broker
+#: sends it again on the next connection.
+COMMAND_QUEUE = 1024
+
+
+def command_filter(template: str) -> str:
+    """The subscription of a command topic template: its ``{device}`` level becomes ``+``."""
+    return "/".join("+" if level == "{device}" else level for level in template.split("/"))
+
+
+def device_of_topic(template: str, topic: str) -> str | None:
+    """The device a topic of ``template`` names (None when the topic does not fit the template)."""
+    levels, parts = template.split("/"), topic.split("/")
+    if len(levels) != len(parts):
+        return None
+    device = None
+    for level, part in zip(levels, parts, strict=True):
+        if level == "{device}":
+            device = part
+        elif level != part:
+            return None
+    return device or None
 
 
 class UplinkStats(TypedDict):
@@ -151,8 +172,19 @@ class MqttUplink:
     """
 
     def __init__(self, config: MqttConfig, writer: SpoolWriter, spool_path: Path, *,
-                 log: logging.Logger | None = None, clock: Callable[[], float] = time.time) -> None:
+                 log: logging.Logger | None = None, clock: Callable[[], float] = time.time,
+                 on_command: Callable[[str, bytes], Awaitable[None]] | None = None) -> None:
         self.config = config
+        #: Called with (device, payload) for each message on the command topic; the message is acknowledged to the
+        #: broker (PUBACK) only once this returns: the command is stored. If it raises, the connection is ended and
+        #: the broker delivers the command again on the next one (the session is persistent).
+        self.on_command = on_command if config.command_topic else None
+        self._command_topic = config.command_topic.replace("{client_id}", config.client_id)
+        #: Set before stop() when the command topic changes: the persistent session would keep the old
+        #: subscription, so the connection unsubscribes it before its DISCONNECT.
+        self.unsubscribe_at_stop = False
+        #: Called with the seconds each publish waited for its PUBACK (the metrics' publish latency).
+        self.on_ack: Callable[[float], None] | None = None
         self._writer = writer
         self._spool_path = Path(spool_path)
         self._log = log or logging.getLogger("iotdtls_gateway.uplink")
@@ -290,13 +322,18 @@ class MqttUplink:
                 ca_certs=str(c.ca_file) if c.ca_file else None,
                 certfile=str(c.cert_file) if c.cert_file else None,
                 keyfile=str(c.key_file) if c.key_file else None)
+        # A persistent session when the gateway takes commands: the broker keeps the subscription and the commands
+        # published while the gateway is away. (The spool, not the session, makes the uplink at-least-once.)
         client = aiomqtt.Client(
             c.host, c.port, username=c.username, password=c.password, identifier=c.client_id,
             will=aiomqtt.Will(self.status_topic, OFFLINE, qos=1, retain=True),
-            clean_session=CLEAN_SESSION, keepalive=c.keepalive, timeout=CONNECT_TIMEOUT, tls_params=tls,
+            clean_session=self.on_command is None, max_queued_incoming_messages=COMMAND_QUEUE,
+            keepalive=c.keepalive, timeout=CONNECT_TIMEOUT, tls_params=tls,
             # paho's own window one above ours, so that the status publish on stop() is never queued behind it
             max_inflight_messages=c.inflight + 1)
         client.pending_calls_threshold = c.inflight + 2  # aiomqtt warns above this many pending calls
+        if self.on_command is not None:
+            client._client.manual_ack_set(True)  # PUBACK once stored, not on arrival
         return client
 
     async def _connection(self) -> None:
@@ -319,6 +356,8 @@ class MqttUplink:
                 return
             try:
                 await client.publish(self.status_topic, ONLINE, qos=1, retain=True, timeout=CONNECT_TIMEOUT)
+                if self.on_command is not None:
+                    await client.subscribe(command_filter(self._command_topic), qos=1, timeout=CONNECT_TIMEOUT)
                 self._went_online()
                 window = asyncio.Semaphore(self.config.inflight)
                 async with asyncio.TaskGroup() as tasks:
@@ -334,15 +373,19 @@ class MqttUplink:
                 raise
             finally:
                 self.stats["in_flight"] = 0
+            if self.unsubscribe_at_stop and self.on_command is not None:
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await client.unsubscribe(command_filter(self._command_topic), timeout=CONNECT_TIMEOUT)
             await client.publish(self.status_topic, OFFLINE, qos=1, retain=True, timeout=CONNECT_TIMEOUT)
             self._state = "offline"
         # leaving the client's context sent DISCONNECT: the broker dropped the will; "offline" is retained already
 
     async def _watch(self, client: aiomqtt.Client) -> None:
-        """Ends with an exception when the connection drops (nothing is subscribed yet: no message comes)."""
+        """Takes the commands, one at a time, each acknowledged once stored; ends with an exception when the
+        connection drops."""
         try:
-            async for _ in client.messages:
-                pass
+            async for message in client.messages:
+                await self._command(client, message)
         except aiomqtt.MqttError as exc:  # "Disconnected during message iteration", from the reason
             cause = exc.__cause__
             rc = getattr(cause, "rc", None)
@@ -350,6 +393,23 @@ class MqttUplink:
                 raise _ConnectionDown("connection lost") from exc
             raise _ConnectionDown(f"connection lost: {describe(cause)}") from exc
         raise _ConnectionDown("connection lost")
+
+    async def _command(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        handler = self.on_command
+        if handler is None:
+            return
+        device = device_of_topic(self._command_topic, message.topic.value)
+        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()
+        if device is None:  # a subscription of an earlier configuration, kept by the broker's session
+            self._log.warning("message on %s ignored: not a command topic (%s)", message.topic.value,
+                              self.config.command_topic)
+        else:
+            try:
+                await handler(device, payload)
+            except Exception as exc:  # not stored: not acknowledged; the broker sends it again on the next connection
+                raise _ConnectionDown(f"a command could not be stored: {describe(exc)}") from exc
+        if message.qos > 0:
+            client._client.ack(message.mid, message.qos)
 
     async def _pump(self, client: aiomqtt.Client, tasks: asyncio.TaskGroup, window: asyncio.Semaphore) -> None:
         """Publish, oldest first: what the last connection left unacknowledged, then the spool after the cursor;
@@ -394,13 +454,17 @@ class MqttUplink:
 
     async def _publish(self, client: aiomqtt.Client, window: asyncio.Semaphore, row: Row) -> None:
         # client.publish hands the message to paho before its first await: tasks started in order publish in order
+        topic = self.config.result_topic if row.kind == "result" else self.config.topic
+        started = time.monotonic()
         try:
-            await client.publish(self.config.topic.format(device=row.device), row.body, qos=self.config.qos,
-                                 timeout=self._ack_timeout)
+            await client.publish(topic.format(device=row.device, client_id=self.config.client_id), row.body,
+                                 qos=self.config.qos, timeout=self._ack_timeout)
         finally:
             window.release()
             self.stats["in_flight"] -= 1
         self.stats["acknowledged"] += 1
+        if self.on_ack is not None:
+            self.on_ack(time.monotonic() - started)
         if self._unacked.pop(row.seq, None) is not None:
             self._to_delete.append(row.seq)
             self._delete_wakeup.set()

@@ -94,12 +94,12 @@ class Session:
     def busy(self):
         return self.req is not None
 
-    def request(self, now, code, path, payload=b"", content_format=None, confirmable=True, query=None):
+    def request(self, now, code, path, payload=b"", content_format=None, confirmable=True, query=None, opts=None):
         """Send a request: `query` ("k=1&x=2") becomes Uri-Query options, kept when the request is resent on a
-        new session."""
+        new session; `opts` are more options, [(number, bytes)] (an ETag)."""
         if self.req is not None:
             raise ValueError("busy")
-        opts = coap.uri_path(path)
+        opts = (opts or []) + coap.uri_path(path)
         if content_format is not None:
             opts += coap.content_format(content_format)
         if query:
