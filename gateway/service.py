@@ -33,6 +33,7 @@ from .registry import Registry, Snapshot
 from .reload import ReloadPlan, spool_limits
 from .reload import plan as reload_plan
 from .resources import CredentialsResource, TelemetryResource, device_of, session_credential
+from .site import Site
 from .spool import Message, SpoolLimits
 from .spool_writer import SpoolWriter
 from .stats import GatewayStats
@@ -118,7 +119,7 @@ class Gateway:
             raise StartError(str(exc)) from None
         self.telemetry = TelemetryResource(lambda: self.snapshot, self.writer, max_body=cfg.coaps.max_body,
                                            clock=self._clock, on_stored=self._stored, hints=self.downlink.hints)
-        site = resource.Site()
+        site = Site()  # aiocoap's, without a deep copy of every request (site.py)
         site.add_resource([".well-known", "core"], resource.WKCResource(site.get_resources_as_linkheader))
         site.add_resource(["telemetry"], self.telemetry)
         site.add_resource(["credentials"], CredentialsResource(lambda: self.snapshot, self._clock,

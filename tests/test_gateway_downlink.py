@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -385,3 +387,24 @@ def test_real_micropython_applies_config_and_runs_a_command(tmp_path: Path, brok
         got = {e["id"]: e for e in results(sub, "board-1")}
         assert got["m1"]["result"] == {"led": True} and got["m2"]["status"] == "ok"
         assert got["m-late"]["status"] == "expired" and got["m-late"]["delivered"] is False
+
+
+@pytest.mark.interop
+def test_a_new_command_topic_on_reload_unsubscribes_the_old_one(tmp_path: Path, broker: Broker) -> None:
+    """The session is persistent, so the broker would keep the old subscription: the old uplink unsubscribes it
+    before it disconnects, and commands on the old topic no longer reach the gateway."""
+    with gateway(tmp_path, mqtt=broker.url()) as gw:
+        gw.provision("d1")
+        wait_event(gw, "uplink_online")
+        gw.config.write_text(gw.config.read_text() + 'command_topic = "site/{device}/cmd"\n')
+        assert gw.proc is not None
+        os.kill(gw.proc.pid, signal.SIGHUP)
+        wait_event(gw, "reloaded")
+        wait_event(gw, "uplink_online", 2)
+        publish(broker, "d1", {"id": "old-topic", "name": "led"})
+        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1", "-t", "site/d1/cmd",
+                        "-m", '{"id": "new-topic", "name": "led"}'], check=True, timeout=10)
+        queued = wait_event(gw, "command_queued")
+        time.sleep(0.5)
+        assert [e["id"] for e in gw.log_events("command_queued")] == ["new-topic"] == [queued[0]["id"]]
+        assert "not a command topic" not in gw.proc.transcript()  # the old subscription is gone, not ignored
