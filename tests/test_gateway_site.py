@@ -64,6 +64,12 @@ def test_routes_exact_paths_and_nested_sites() -> None:
     assert stripped.get_request_uri() == "coaps://127.0.0.1/telemetry?k=a.1&x=2"  # the original request's
     child, stripped = site._find_child_and_pathstripped_message(request("/sub/leaf"))
     assert child is nested and stripped.opt.uri_path == ("leaf",)  # aiocoap's own routing below the exact paths
+    child, inner = nested._find_child_and_pathstripped_message(stripped)
+    assert child is deep and inner.get_request_uri() == "coaps://127.0.0.1/sub/leaf?k=a.1&x=2"
+    again = stripped_copy(stripped)  # a copy of a copy knows the original URI only once it is given
+    assert not hasattr(again, "_original_request_uri")
+    again._original_request_uri = "coaps://example/x"
+    assert again.get_request_uri() == "coaps://example/x"
 
     async def render() -> aiocoap.Message:
         response: aiocoap.Message = await telemetry.render(
