@@ -219,14 +219,14 @@ def _non_empty(value: Any) -> str | None:
     return None if value else "must not be empty"
 
 
-def _host_port(value: str) -> tuple[str, int] | str:
-    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port), or a problem."""
+def _host_port(value: str, lowest: int = 1) -> tuple[str, int] | str:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port), or a problem; ``lowest=0`` allows port 0 (any free one)."""
     m = re.fullmatch(r"\[([0-9A-Fa-f:.%a-zA-Z]+)\]:(\d+)|([^:\[\]]+):(\d+)", value)
     if not m:
         return "expected HOST:PORT (an IPv6 address in brackets: [::]:5684)"
     host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
-    if not 0 < int(port) < 65536:
-        return f"port {port} is out of range (1-65535)"
+    if not lowest <= int(port) < 65536:
+        return f"port {port} is out of range ({lowest}-65535)"
     return host, int(port)
 
 
@@ -288,7 +288,7 @@ def parse(raw: dict[str, Any], path: Path) -> GatewayConfig:
 def _coaps(r: _Reader, base: Path) -> CoapsConfig:
     d = CoapsConfig()
     bind = r.text("bind", f"{d.host}:{d.port}", _non_empty)
-    parsed = _host_port(bind)
+    parsed = _host_port(bind, lowest=0)  # 0: the kernel picks a port, logged in the "serving coaps://" line
     if isinstance(parsed, str):
         r.problem("bind", parsed)
         parsed = (d.host, d.port)

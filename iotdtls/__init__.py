@@ -4,7 +4,7 @@ AES-128-CCM-8)."""
 from .config import DTLSConfiguration
 from .connection import DTLSConnection, IdleTimeout
 from .constants import AlertDescription, CipherSuite
-from .errors import AlertError, ConnectionClosed, DTLSError, HandshakeTimeout, RemoteAlert
+from .errors import AlertError, ConnectionClosed, ConnectionRefused, DTLSError, HandshakeTimeout, RemoteAlert
 from .events import (
     AlertReceived,
     ConnectionTerminated,
@@ -24,6 +24,7 @@ __all__ = [
     "AlertReceived",
     "CipherSuite",
     "ConnectionClosed",
+    "ConnectionRefused",
     "ConnectionReplaced",
     "ConnectionTerminated",
     "DTLSConfiguration",

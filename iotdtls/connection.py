@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from logging import DEBUG, INFO
 
 from .buffer import Buffer
 from .config import DTLSConfiguration
-from .constants import DTLS_1_2, AlertDescription, AlertLevel, ContentType, HandshakeType
+from .constants import DTLS_1_2, PSK_SUITES, AlertDescription, AlertLevel, ContentType, HandshakeType
 from .errors import (
     AlertError,
     BadRecordMac,
@@ -34,12 +35,25 @@ from .handshake import (
     State,
     expect,
 )
+from .logs import (
+    CONNECTION_LOG,
+    HANDSHAKE_LOG,
+    PSK_MISMATCH_LOG,
+    PSK_REJECTED_HINT,
+    PSK_UNKNOWN_HINT,
+    alert_text,
+    endpoint,
+    identity_text,
+    message_name,
+    suite_name,
+)
 from .messages import ClientHello
 from .reassembly import parse_fragments
 from .record import _HDR, SEQ_MASK, Record, split_records
 from .trust import PeerCredential
 
 MAX_EARLY_DATA = 8
+MAX_ERROR_CHARS = 300  # an error message in a log line is cut here
 _APPDATA = bytes((ContentType.APPLICATION_DATA,))
 # Enum attribute lookups are slow on Python 3.11; the hot paths compare against these aliases.
 _ESTABLISHED = State.ESTABLISHED
@@ -48,6 +62,8 @@ _APPLICATION_DATA = int(ContentType.APPLICATION_DATA)
 _EPOCH1 = 1 << 48
 _NO_TRANSCRIPT = hashlib.sha256()
 _RENEGOTIATION = frozenset({HandshakeType.HELLO_REQUEST, HandshakeType.CLIENT_HELLO})
+#: Alerts that, while waiting for the Finished of a PSK handshake, mean the two sides derived different keys.
+_KEY_MISMATCH = frozenset({AlertDescription.bad_record_mac, AlertDescription.decrypt_error})
 
 
 class IdleTimeout(DTLSError):
@@ -142,6 +158,9 @@ class DTLSConnection(HandshakeLayer):
         self._limit_amplification(received, sent)
         self._write_seq[0] = record_seq
         self._dummy_psk_key = dummy_psk_key
+        if HANDSHAKE_LOG.getEffectiveLevel() <= DEBUG:
+            HANDSHAKE_LOG.debug("%s: received ClientHello (seq %d%s)", self._who(), message_seq,
+                                ", cookie verified" if hello.cookie else "")
         self._guard(lambda: self._server_accept(hello, body, message_seq, now))
 
     def send(self, data: bytes) -> None:
@@ -333,6 +352,9 @@ class DTLSConnection(HandshakeLayer):
             if msg is None:
                 break
             msg_type, body, msg_epoch = msg
+            if HANDSHAKE_LOG.getEffectiveLevel() <= DEBUG:
+                HANDSHAKE_LOG.debug("%s: received %s (seq %d, epoch %d, %d bytes)", self._who(),
+                                    message_name(msg_type), reasm.next_seq - 1, msg_epoch, len(body))
             if (msg_type in PROTECTED_MESSAGES) != (msg_epoch == 1):
                 raise UnexpectedMessage(f"handshake type {msg_type} in epoch {msg_epoch}")
             expect((self._state, msg_type))(self, body, reasm.next_seq - 1, now)
@@ -350,6 +372,8 @@ class DTLSConnection(HandshakeLayer):
         handler = CCS_TABLE.get(self._state)
         if handler is None or self._read_epoch != 0:
             raise UnexpectedMessage(f"ChangeCipherSpec in state {self._state.name}")
+        if HANDSHAKE_LOG.getEffectiveLevel() <= DEBUG:
+            HANDSHAKE_LOG.debug("%s: received ChangeCipherSpec", self._who())
         handler(self)
 
     def _activate_read_epoch(self) -> None:
@@ -379,6 +403,8 @@ class DTLSConnection(HandshakeLayer):
         level, desc = buf.pull_uint8(), buf.pull_uint8()
         if not buf.eof():
             raise DecodeError("malformed alert")
+        if CONNECTION_LOG.getEffectiveLevel() <= DEBUG:
+            CONNECTION_LOG.debug("%s: received alert %s", self._who(), alert_text(level, desc))
         try:
             description: AlertDescription | int = AlertDescription(desc)
         except ValueError:
@@ -409,6 +435,11 @@ class DTLSConnection(HandshakeLayer):
         if self._config.idle_timeout is not None:
             self._idle_deadline = self._last_sent + self._config.idle_timeout
         self._events.append(HandshakeCompleted(self._suite, self._identity, self._use_ems, self._peer))
+        if HANDSHAKE_LOG.getEffectiveLevel() <= INFO:
+            HANDSHAKE_LOG.info("%s: session established: %s, extended master secret %s, %s, %d retransmission%s",
+                               self._who(), suite_name(self._suite), "yes" if self._use_ems else "no",
+                               identity_text(self._identity), self.retransmissions,
+                               "" if self.retransmissions == 1 else "s")
         for data in self._early_data:
             self._events.append(DataReceived(data))
         self._early_data = []
@@ -418,12 +449,31 @@ class DTLSConnection(HandshakeLayer):
     def _fail(self, exc: AlertError) -> None:
         if self._state is _CLOSED:
             return
+        if self._state in WAITING_FINISHED and self._suite in PSK_SUITES:
+            self._explain_psk_failure(exc)
         if not exc.remote:
             with contextlib.suppress(DTLSError):
                 self._send_alert(AlertLevel.FATAL, exc.description)
         self._terminate(exc)
 
+    def _explain_psk_failure(self, exc: AlertError) -> None:
+        """A PSK handshake failed at the Finished: say what it usually means. The server only logs it; what it
+        sends and when stays the same for a wrong key and an unknown identity."""
+        description = exc.description
+        if self._config.is_client:
+            if description in _KEY_MISMATCH:
+                exc.explain(PSK_REJECTED_HINT)
+            elif description == AlertDescription.unknown_psk_identity and exc.remote:
+                exc.explain(PSK_UNKNOWN_HINT)
+        elif description in _KEY_MISMATCH and not exc.remote and HANDSHAKE_LOG.getEffectiveLevel() <= INFO:
+            HANDSHAKE_LOG.info("%s: %s (%s)", self._who(), PSK_MISMATCH_LOG, identity_text(self._identity))
+
+    def _who(self) -> str:
+        return endpoint(self._config.is_client, self.peer)
+
     def _terminate(self, error: Exception | None) -> None:
+        if CONNECTION_LOG.getEffectiveLevel() <= INFO:
+            self._log_end(error)
         self._state = _CLOSED
         self.error = error
         self._timer_at = self._hs_deadline = self._idle_deadline = None
@@ -431,3 +481,22 @@ class DTLSConnection(HandshakeLayer):
         self._future = []
         self._reasm.clear()
         self._events.append(ConnectionTerminated(error))
+
+    def _log_end(self, error: Exception | None) -> None:
+        established = self._state is _ESTABLISHED
+        who = self._who() + (f" [{identity_text(self._identity)}]" if self._identity else "")
+        if error is None:
+            CONNECTION_LOG.info("%s: %s closed (close_notify)", who, "session" if established else "handshake")
+        elif established:
+            CONNECTION_LOG.info("%s: session closed: %s", who, _error_text(error))
+        else:
+            CONNECTION_LOG.info("%s: handshake failed: %s", who, _error_text(error))
+
+
+def _error_text(error: Exception) -> str:
+    """An error for a log line: its message (escaped, bounded: it may quote a peer's certificate), or its class
+    name when it has none."""
+    text = str(error) or type(error).__name__
+    if not text.isprintable():
+        text = repr(text)
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "..."

@@ -6,6 +6,8 @@ whether the peer sent the alert (``True``) or we raised it because the peer brok
 
 from __future__ import annotations
 
+import errno
+
 from .constants import AlertDescription
 
 
@@ -26,6 +28,12 @@ class AlertError(DTLSError):
         self.reason = reason
         who = "peer sent" if remote else "local"
         super().__init__(f"{self.description.name} ({who}){': ' + reason if reason else ''}")
+
+    def explain(self, hint: str) -> None:
+        """Add what the alert usually means to ``reason`` and to the message (e.g. a wrong PSK)."""
+        self.reason = f"{self.reason}: {hint}" if self.reason else hint
+        who = "peer sent" if self.remote else "local"
+        self.args = (f"{self.description.name} ({who}): {self.reason}",)
 
 
 class UnexpectedMessage(AlertError):
@@ -93,3 +101,22 @@ class HandshakeTimeout(DTLSError):
 
 class ConnectionClosed(DTLSError):
     """The connection is closed; no more data can be sent."""
+
+
+class ConnectionRefused(DTLSError, ConnectionRefusedError):
+    """Nothing listens at the server's address: the kernel reported ICMP port unreachable for datagrams of at
+    least two separate transmissions (one stray report does not end a handshake). Also a builtin
+    :class:`ConnectionRefusedError` (``errno`` is ``ECONNREFUSED``)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        super().__init__(f"connection refused by {where} (nothing listening?)")
+        self.errno = errno.ECONNREFUSED
+        self.strerror = self.args[0]
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # not OSError's "[Errno 111] ..."
+
+    def __reduce__(self) -> tuple[type[ConnectionRefused], tuple[str, int]]:
+        return type(self), (self.host, self.port)

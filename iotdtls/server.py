@@ -33,6 +33,7 @@ from .errors import AlertError, DTLSError
 from .events import ConnectionTerminated, DataReceived, Event, HandshakeCompleted, ReplacementFailed
 from .fairness import HandshakeSlots, SessionTable, network_of
 from .handshake import State
+from .logs import identity_text, where
 from .messages import ClientHello, HelloVerifyRequest, pull_client_hello, push_hello_verify_request
 from .ratelog import RateLimitedLog
 from .reassembly import Fragment, _Partial, message_header, parse_fragments
@@ -126,7 +127,8 @@ class DTLSServer:
         self._armed: dict[tuple[Address, bool], float] = {}
         self._counter = itertools.count()
         self._partial_hellos: OrderedDict[tuple[Address, int], _Partial] = OrderedDict()
-        self._log = RateLimitedLog(logging.getLogger("iotdtls.server"))
+        self._debug = logging.getLogger("iotdtls.server")
+        self._log = RateLimitedLog(self._debug)
         #: Counters: what was refused, evicted or replaced, and why.
         self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
 
@@ -268,6 +270,9 @@ class DTLSServer:
             payload = message_header(HandshakeType.HELLO_VERIFY_REQUEST, len(hvr), msg_seq) + hvr
             self._out.append((encode_plain(ContentType.HANDSHAKE, rec_seq, payload), addr))
             self.stats["hello_verify_sent"] += 1
+            if self._debug.getEffectiveLevel() <= logging.DEBUG:
+                self._debug.debug("server (%s): received ClientHello (seq %d%s): sent HelloVerifyRequest",
+                                  _where(addr), msg_seq, ", stale or invalid cookie" if hello.cookie else "")
             return
         beside = existing is not None and existing.is_established
         # The handshake this one replaces at the same address gives its slot back first.
@@ -489,18 +494,11 @@ class DTLSServer:
         return None
 
 
-def _where(addr: object) -> str:
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        host = str(addr[0])
-        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
-    return str(addr)
+_where = where
 
 
 def _identity_text(conn: DTLSConnection) -> str:
-    identity = conn.identity
-    if not identity:
-        return "anonymous"
-    return "identity " + repr(identity.decode("utf-8", "replace"))
+    return identity_text(conn.identity)
 
 
 def _network_text(network: Hashable) -> str:

@@ -7,9 +7,12 @@ gets a fresh sequence number while handshake ``message_seq`` values stay the sam
 
 from __future__ import annotations
 
+from logging import DEBUG
+
 from .config import DTLSConfiguration
 from .constants import AlertDescription, AlertLevel, ContentType
 from .errors import InternalError
+from .logs import CONNECTION_LOG, HANDSHAKE_LOG, alert_text, endpoint, flight_text
 from .reassembly import OutMessage, pack_flight
 from .record import MAX_SEQ, CipherState, encode_plain
 from .replay import ReplayWindow
@@ -17,7 +20,7 @@ from .replay import ReplayWindow
 
 class RecordLayer:
     __slots__ = (
-        "_amp_limit", "_amp_next", "_amp_received", "_amp_sent", "_config", "_flight", "_last_sent",
+        "_amp_limit", "_amp_next", "_amp_received", "_amp_sent", "_config", "_flight", "_flight_attempt", "_last_sent",
         "_next_read_cipher", "_out", "_read_cipher", "_read_epoch", "_timeout", "_timer_at", "_windows",
         "_write_cipher", "_write_epoch", "_write_seq", "amplification_blocked", "flights_sent", "retransmissions",
     )
@@ -33,6 +36,7 @@ class RecordLayer:
         self._windows = [ReplayWindow(config.replay_window), ReplayWindow(config.replay_window)]
         self._out: list[bytes] = []
         self._flight: list[OutMessage] = []
+        self._flight_attempt = 0  # retransmissions of the current flight, for the log
         self._timer_at: float | None = None
         self._timeout = config.retransmit_initial
         self._last_sent = float("-inf")
@@ -69,6 +73,12 @@ class RecordLayer:
         record = self._write_record(self._write_epoch, ContentType.ALERT, bytes((level, description)))
         self._amp_sent += len(record)  # an alert always goes out, but it counts
         self._out.append(record)
+        if CONNECTION_LOG.getEffectiveLevel() <= DEBUG:
+            CONNECTION_LOG.debug("%s: sent alert %s", self._who(), alert_text(level, description))
+
+    def _who(self) -> str:
+        """The prefix of this connection's log lines."""
+        return endpoint(self._config.is_client, None)
 
     # -- amplification limit ---------------------------------------------------------------------
     def _limit_amplification(self, received: int, sent: int) -> None:
@@ -104,13 +114,21 @@ class RecordLayer:
     def _send_flight(self, messages: list[OutMessage], now: float, *, timer: bool = True) -> None:
         """Send a new flight; ``timer`` arms retransmission (not for a server's final flight)."""
         self._flight = messages
+        self._flight_attempt = 0
         self._timeout = self._config.retransmit_initial
+        queued = len(self._out)
         # A new flight goes out whole, counted against the budget: the first one answers a ClientHello whose
         # cookie proved the address (RFC 6347 4.2.1), and a server's only other flight follows the client's
         # Finished. Only its retransmissions are limited.
         self._transmit(now, limited=False)
         self.flights_sent += 1
         self._timer_at = now + self._timeout if timer else None
+        if HANDSHAKE_LOG.getEffectiveLevel() <= DEBUG:
+            datagrams = self._out[queued:]
+            HANDSHAKE_LOG.debug("%s: sent flight %s (%d datagram%s, %d bytes)%s", self._who(),
+                                flight_text(m.msg_type for m in messages), len(datagrams),
+                                "" if len(datagrams) == 1 else "s", sum(map(len, datagrams)),
+                                f", retransmission timer {self._timeout:g} s" if timer else "")
 
     def _transmit(self, now: float, *, limited: bool) -> bool:
         """Pack and queue the current flight; False if the amplification limit let nothing out."""
@@ -129,11 +147,23 @@ class RecordLayer:
     def _retransmit(self, now: float, *, backoff: bool) -> None:
         if not self._flight:
             return
-        if self._transmit(now, limited=True):
+        sent = self._transmit(now, limited=True)
+        if sent:
             self.retransmissions += 1
+            self._flight_attempt += 1
         if backoff:
             self._timeout = min(self._timeout * 2, self._config.retransmit_max)
             self._timer_at = now + self._timeout
+        if HANDSHAKE_LOG.getEffectiveLevel() <= DEBUG:
+            flight = flight_text(m.msg_type for m in self._flight)
+            why = "timer expired" if backoff else "peer retransmitted"
+            timer = f"next timer in {self._timeout:g} s" if self._timer_at is not None else "no timer"
+            if sent:
+                HANDSHAKE_LOG.debug("%s: retransmitted flight %s (%s, attempt %d, %s)", self._who(), flight, why,
+                                    self._flight_attempt, timer)
+            else:
+                HANDSHAKE_LOG.debug("%s: retransmission of flight %s held back by the amplification limit (%s)",
+                                    self._who(), flight, timer)
 
     def _stop_timer(self) -> None:
         self._timer_at = None

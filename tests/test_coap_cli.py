@@ -132,7 +132,8 @@ def test_not_found_exit_1_one_line(setup: Setup) -> None:
 def test_wrong_key_exit_1_one_line(setup: Setup) -> None:
     r = setup.client(setup.uri("whoami"), creds=setup.bad)
     assert (r.returncode, r.stdout) == (1, b"")
-    assert one_line(r.stderr) == "iotdtls-coap-client: server sent alert: bad_record_mac"
+    assert one_line(r.stderr) == ("iotdtls-coap-client: server sent alert: bad_record_mac (the server rejected our "
+                                  "key: wrong PSK or unknown identity)")
 
 
 def test_client_usage_errors_exit_2(setup: Setup, tmp_path: Path) -> None:

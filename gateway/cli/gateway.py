@@ -1,6 +1,6 @@
 """iotdtls-gateway: run the gateway, check its configuration, show its spool, or run the demo.
 
-    iotdtls-gateway run --config FILE.toml [--log-json] [-v]
+    iotdtls-gateway run --config FILE.toml [--log-json] [-v | -vv | -q]
     iotdtls-gateway check --config FILE.toml
     iotdtls-gateway spool --config FILE.toml [--json] [--follow]
     iotdtls-gateway status --config FILE.toml [--json]
@@ -20,6 +20,16 @@ import sys
 import time
 from typing import NoReturn
 
+from iotdtls.cli.runtime import (
+    ToolParser,
+    add_verbosity,
+    add_version,
+    run_tool,
+    set_verbosity,
+    setup_logging,
+    verbosity,
+)
+
 from ..config import ConfigError, GatewayConfig, load
 from ..logs import setup
 
@@ -32,12 +42,14 @@ def fail(message: str, status: int) -> NoReturn:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="CoAPs devices in, a durable spool, MQTT out.")
+    p = ToolParser(prog=PROG, description="CoAPs devices in, a durable spool, MQTT out.")
+    add_version(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="serve until SIGTERM/SIGINT")
+    run = sub.add_parser("run", help="serve until SIGTERM/SIGINT; ready, it logs \"serving coaps://HOST:PORT: ...\"")
     run.add_argument("--config", required=True, metavar="FILE.toml")
     run.add_argument("--log-json", action="store_true", help="log JSON lines instead of text")
-    run.add_argument("-v", "--verbose", action="store_true", help="log debug lines")
+    add_verbosity(run, verbose_help="each -v logs one level more than [log] level (info by default: -v is debug), "
+                  "-q only errors")
     check = sub.add_parser("check", help="validate a configuration: exit 0, or 2 with one line per problem")
     check.add_argument("--config", required=True, metavar="FILE.toml")
     spool = sub.add_parser("spool", help="show what the spool holds")
@@ -54,7 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="loss each way for one device, through the lossy relay (default 0.3)")
     demo.add_argument("--mqtt", metavar="URL", help="also publish to this broker (mqtt://host:port)")
     demo.add_argument("--seed", type=int, default=1, help="seed of the lossy relay")
+    for command in (check, spool, status, demo):
+        add_verbosity(command)
     return p
+
+
+LEVELS = ("error", "warning", "info", "debug")
+
+
+def run_level(configured: str, args: argparse.Namespace) -> str:
+    """``[log] level`` moved by ``-v`` (one level more each, as ``-v`` was "debug" when info was the default) or
+    ``-q`` (errors only: no ready line)."""
+    level = verbosity(args)
+    if level < 0:
+        return "error"
+    index = LEVELS.index(configured) if configured in LEVELS else LEVELS.index("info")
+    return LEVELS[min(index + level, len(LEVELS) - 1)]
 
 
 def load_config(path: str) -> GatewayConfig:
@@ -75,7 +102,8 @@ def cmd_check(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the daemon takes it: a reload while starting never kills
     config = load_config(args.config)
-    setup("json" if args.log_json else config.log.format, "debug" if args.verbose else config.log.level)
+    set_verbosity(verbosity(args))
+    setup("json" if args.log_json else config.log.format, run_level(config.log.level, args))
     os.umask(0o077)  # every file the gateway creates is its own
     from ..daemon import Daemon
     from ..gc_tuning import tune_collector
@@ -84,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     tune_collector()  # fewer and shorter pauses of the garbage collector under load (gc_tuning.py)
 
     def relog(new: GatewayConfig) -> None:  # a reload (SIGHUP) that changed [log]: the command line still wins
-        setup("json" if args.log_json else new.log.format, "debug" if args.verbose else new.log.level)
+        setup("json" if args.log_json else new.log.format, run_level(new.log.level, args))
 
     async def main() -> None:
         gateway = Gateway(config)
@@ -147,6 +175,12 @@ def cmd_spool(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command != "run":
+        setup_logging(PROG, verbosity(args))
+    run_tool(PROG, lambda: dispatch(args))
+
+
+def dispatch(args: argparse.Namespace) -> None:
     try:
         if args.command == "check":
             cmd_check(args)
@@ -162,9 +196,6 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(run_demo(args))
     except KeyboardInterrupt:
         pass
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    sys.exit(0)
 
 
 if __name__ == "__main__":

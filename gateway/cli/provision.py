@@ -31,6 +31,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from iotdtls.cli.runtime import HelpFormatter, add_standard, setup_logging, verbosity
+
 from ..config import ConfigError, load
 from ..devices import RegistryError, RegistryUnavailable
 from ..registry import Registry
@@ -65,15 +67,16 @@ MASTER_HELP = "--derive-from FILE (the master key in hex)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog=PROG, allow_abbrev=False,
+    p = Parser(prog=PROG, allow_abbrev=False, formatter_class=HelpFormatter,
                description="Add, import, export, rotate, revoke and inspect the gateway's devices and their keys.")
+    add_standard(p, verbose_help="-q also hides the progress of batches")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", metavar="GATEWAY.toml", help="the gateway's configuration (its data_dir)")
     where.add_argument("--registry", metavar="FILE", help="a registry file (registry.sqlite3)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, allow_abbrev=False)
+        return sub.add_parser(name, help=help, allow_abbrev=False, formatter_class=HelpFormatter)
 
     add = command("add", "add a device (a random, derived or given PSK, or a raw public key), or a batch")
     add.add_argument("device", nargs="?", help="the device id: 1-64 of A-Z a-z 0-9 . _ -")
@@ -149,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     rot = command("rotate", "give devices a new PSK next to the old one, which stays valid for the grace period")
     rot.add_argument("devices", nargs="+", metavar="DEVICE")
     rot.add_argument("--grace", type=parse_duration, default=7 * 86400.0, metavar="DURATION",
-                     help="how long the old key stays valid if the device does not use the new one: 7d (default), "
-                     "12h, 30m, 90s")
+                     help="how long the old key stays valid if the device does not use the new one: 7d, 12h, 30m, "
+                     "90s (default: 7d = 604800 s)")
     source = rot.add_mutually_exclusive_group()
     psk_sources(source)
     rot.add_argument("--show-secret", action="store_true", help="also print the new key (identity:hex)")
@@ -237,6 +240,7 @@ COMMANDS = {"add": cmd_add, "import": cmd_import_, "export": cmd_export, "device
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    setup_logging(PROG, verbosity(args))
     os.umask(0o077)
     ctx = open_registry(args)
     try:
@@ -260,9 +264,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         fail("interrupted", 130)
     except Exception as exc:  # a bug: still one line, and no traceback (whose values could hold a key)
-        if os.environ.get("IOTDTLS_PROVISION_DEBUG") == "1":
+        if os.environ.get("IOTDTLS_PROVISION_DEBUG") == "1" or verbosity(args) >= 2:
             raise
-        fail(f"internal error ({exc.__class__.__name__}); IOTDTLS_PROVISION_DEBUG=1 shows the traceback", 1)
+        fail(f"internal error ({exc.__class__.__name__}); -vv or IOTDTLS_PROVISION_DEBUG=1 shows the traceback", 1)
     finally:
         ctx.registry.close()
     sys.exit(0)

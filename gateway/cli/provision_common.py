@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from iotdtls.cli.runtime import is_quiet
 from iotdtls.keys import write_secret_file
 
 from ..devices import Credential, Device
@@ -286,7 +287,10 @@ def gateway_address(ctx: Context, host: str | None, port: int | None) -> tuple[s
     if host is None:
         why = "the gateway binds a wildcard address" if ctx.bind else "--registry gives no gateway address"
         raise UsageError(f"the device config needs --host: {why}")
-    return host, port or (ctx.bind[1] if ctx.bind else 5684)
+    port = port or (ctx.bind[1] if ctx.bind else 5684)
+    if not port:
+        raise UsageError("the device config needs --port: the gateway binds port 0 (any free port)")
+    return host, port
 
 
 @dataclass(frozen=True)
@@ -343,7 +347,7 @@ class Progress:
         self.done = 0
         self._next_line = max(1, total // 10)
         self._bar: Any = None
-        self.enabled = total >= PROGRESS_MIN
+        self.enabled = total >= PROGRESS_MIN and not is_quiet()  # -q: no progress
         if self.enabled and self.stream.isatty():
             from tqdm import tqdm  # type: ignore[import-untyped]
 

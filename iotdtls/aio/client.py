@@ -8,18 +8,24 @@ from typing import Any, cast
 
 from ..config import DTLSConfiguration
 from ..connection import DTLSConnection
-from ..errors import ConnectionClosed, DTLSError
+from ..errors import ConnectionClosed, ConnectionRefused, DTLSError
 from ..events import ConnectionTerminated, DataReceived, HandshakeCompleted
 from ..trust import PeerCredential
+from .liveness import HandshakeProgress, ProgressCallback, RefusalCounter, log
 from .queue import DataQueue
 
 
 class ClientSession(asyncio.DatagramProtocol):
-    """A client DTLS session over one connected UDP socket."""
+    """A client DTLS session over one connected UDP socket (so the kernel reports ICMP port unreachable:
+    refusals of two separate transmissions end it with :class:`~iotdtls.errors.ConnectionRefused`)."""
 
-    def __init__(self, config: DTLSConfiguration) -> None:
+    def __init__(self, config: DTLSConfiguration, *, host: str = "", port: int = 0,
+                 on_progress: ProgressCallback | None = None) -> None:
         self.connection = DTLSConnection(config)
         self._loop = asyncio.get_running_loop()
+        self._host, self._port = host, port
+        self._refusals = RefusalCounter(config.retransmit_initial / 2)
+        self._progress = HandshakeProgress(host, port, config, on_progress)
         self._transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._handshake: asyncio.Future[None] = self._loop.create_future()
@@ -42,11 +48,20 @@ class ClientSession(asyncio.DatagramProtocol):
         self._pump()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        self._refusals.heard()
         self.connection.receive_datagram(data, self._loop.time())
         self._pump()
 
     def error_received(self, exc: Exception) -> None:
-        pass  # ICMP errors: DTLS relies on its own timers
+        # ICMP errors on the connected socket. Port unreachable twice, for separate transmissions: nobody
+        # listens there. Anything else: DTLS relies on its own timers.
+        if not isinstance(exc, ConnectionRefusedError) or self.connection.is_closed:
+            log.debug("%s: %s", self._progress.where, exc)
+            return
+        log.info("%s: port unreachable (ICMP): nothing listening yet?", self._progress.where)
+        if self._refusals.refused(self._loop.time()):
+            self.connection.abort(ConnectionRefused(self._host, self._port))
+            self._loop.call_soon(self._pump)  # may be inside _pump's sendto: report the end from the loop
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._data.close(exc or ConnectionClosed("socket closed"))
@@ -77,7 +92,10 @@ class ClientSession(asyncio.DatagramProtocol):
         conn = self.connection
         now = self._loop.time()
         if self._transport is not None and not self._transport.is_closing():
-            for dgram in conn.datagrams_to_send(now):
+            datagrams = conn.datagrams_to_send(now)
+            if datagrams:
+                self._refusals.sent()
+            for dgram in datagrams:
                 self._transport.sendto(dgram)
         while (event := conn.next_event()) is not None:
             if isinstance(event, DataReceived):
@@ -99,7 +117,9 @@ class ClientSession(asyncio.DatagramProtocol):
 
     def _on_timer(self) -> None:
         self._timer = None
+        quiet = self._refusals.pending  # refused just now: the retransmission settles it, no progress line
         self.connection.handle_timer(self._loop.time())
+        self._progress.check(self.connection, quiet=quiet)
         self._pump()
 
 
@@ -107,9 +127,10 @@ class _Connector:
     """Awaitable and async context manager returned by :func:`connect`."""
 
     def __init__(self, host: str, port: int, config: DTLSConfiguration,
-                 local_addr: tuple[str, int] | None) -> None:
+                 local_addr: tuple[str, int] | None, on_progress: ProgressCallback | None) -> None:
         self._args = (host, port, config)
         self._local_addr = local_addr
+        self._on_progress = on_progress
         self._session: ClientSession | None = None
 
     async def _open(self) -> ClientSession:
@@ -118,7 +139,8 @@ class _Connector:
         config = config.for_host(host)  # a CA-issued server certificate must name the host we connect to
         loop = asyncio.get_running_loop()
         transport, session = await loop.create_datagram_endpoint(
-            lambda: ClientSession(config), remote_addr=(host, port), local_addr=self._local_addr)
+            lambda: ClientSession(config, host=host, port=port, on_progress=self._on_progress),
+            remote_addr=(host, port), local_addr=self._local_addr)  # connected: ICMP errors get reported
         try:
             await session._handshake
         except BaseException:
@@ -139,12 +161,16 @@ class _Connector:
 
 
 def connect(host: str, port: int, config: DTLSConfiguration, *,
-            local_addr: tuple[str, int] | None = None) -> _Connector:
+            local_addr: tuple[str, int] | None = None, on_progress: ProgressCallback | None = None) -> _Connector:
     """Open a DTLS client session; completes when the handshake has. Raises the handshake's error
-    (an :class:`~iotdtls.errors.AlertError` or :class:`~iotdtls.errors.HandshakeTimeout`) on failure.
+    (an :class:`~iotdtls.errors.AlertError` or :class:`~iotdtls.errors.HandshakeTimeout`) on failure, and
+    :class:`~iotdtls.errors.ConnectionRefused` within about ``retransmit_initial`` seconds (one
+    retransmission) when nothing listens at ``host``:``port`` (ICMP port unreachable for two transmissions).
     ``local_addr`` binds the client's own address and port (a device with a fixed source port).
+    ``on_progress`` is called with one line per handshake retransmission ("handshake with HOST:PORT: no
+    answer yet, retrying (2/17)"); without it the line is logged at INFO on the ``iotdtls.aio`` logger.
     With CA certificates in ``config.trust`` and no ``server_name`` set there, the server certificate must name
     ``host`` (a DNS name or IP address in its subjectAltName)."""
     if not isinstance(config, DTLSConfiguration):
         raise DTLSError("connect() needs a DTLSConfiguration")
-    return _Connector(host, port, config, local_addr)
+    return _Connector(host, port, config, local_addr, on_progress)

@@ -11,28 +11,41 @@ from ..aio import ClientSession, connect
 from ..config import DTLSConfiguration
 from ..errors import DTLSError
 from .common import (
+    ToolParser,
     UsageError,
     add_common,
     add_public_key,
+    add_standard,
     apply_common,
     apply_public_key,
     describe_error,
     fail,
+    non_negative_float,
     parse_hex,
+    port,
+    register_secrets,
+    run_tool,
+    setup_logging,
+    verbosity,
 )
+from .progress import progress_printer
+from .runtime import StdoutClosed, silence_stdout
+
+PROG = "iotdtls-client"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="iotdtls-client", description="DTLS 1.2 client (PSK or raw public keys and "
-                                "certificates): stdin lines out, received datagrams to stdout")
+    p = ToolParser(prog=PROG, description="DTLS 1.2 client (PSK or raw public keys and certificates): stdin lines "
+                   "out, received datagrams to stdout")
     p.add_argument("host")
-    p.add_argument("port", type=int)
-    p.add_argument("--psk-identity", metavar="ID")
-    p.add_argument("--psk", metavar="HEX")
-    p.add_argument("--linger", type=float, default=1.0, metavar="S",
+    p.add_argument("port", type=port, help="the server's UDP port (iotdtls-server's default: 5684)")
+    p.add_argument("--psk-identity", metavar="ID", help="PSK identity (with --psk)")
+    p.add_argument("--psk", metavar="HEX", help="the pre-shared key in hex (never logged)")
+    p.add_argument("--linger", type=non_negative_float, default=1.0, metavar="S",
                    help="keep receiving S seconds after stdin ends (default 1)")
     add_common(p)
     add_public_key(p, server=False)
+    add_standard(p)
     return p
 
 
@@ -40,13 +53,17 @@ async def printer(session: ClientSession) -> None:
     out = sys.stdout.buffer
     while True:
         data = await session.recv()
-        out.write(data + b"\n")
-        out.flush()
+        try:
+            out.write(data + b"\n")
+            out.flush()
+        except BrokenPipeError:  # | head: stop quietly
+            silence_stdout()
+            raise StdoutClosed from None
 
 
 async def run(args: argparse.Namespace, config: DTLSConfiguration) -> int:
     try:
-        session = await connect(args.host, args.port, config)
+        session = await connect(args.host, args.port, config, on_progress=progress_printer(PROG, args))
     except (DTLSError, OSError) as exc:
         fail(describe_error(exc), 1, "iotdtls-client")
     loop = asyncio.get_running_loop()
@@ -65,6 +82,8 @@ async def run(args: argparse.Namespace, config: DTLSConfiguration) -> int:
                 await asyncio.wait_for(asyncio.shield(reader), timeout=args.linger)
         if reader.done() and not reader.cancelled():
             error = reader.exception()
+            if isinstance(error, StdoutClosed):
+                raise error
             if error is not None and not (isinstance(error, DTLSError) and session.connection.error is None):
                 print(f"iotdtls-client: {describe_error(error)}", file=sys.stderr)
                 status = 1
@@ -79,7 +98,9 @@ async def run(args: argparse.Namespace, config: DTLSConfiguration) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
+    setup_logging(PROG, verbosity(args))
+
+    def body() -> int:
         if (args.psk is None) != (args.psk_identity is None):
             raise UsageError("--psk and --psk-identity go together")
         if args.psk is None and not (args.trust_key or args.ca):
@@ -87,14 +108,12 @@ def main(argv: list[str] | None = None) -> None:
         config = DTLSConfiguration(is_client=True,
                                    psk_identity=args.psk_identity.encode() if args.psk_identity else None,
                                    psk=parse_hex(args.psk, "--psk") if args.psk else None)
+        register_secrets([config.psk] if config.psk else [])
         apply_public_key(config, args)
         apply_common(config, args)
-        status = asyncio.run(run(args, config))
-    except UsageError as exc:
-        fail(str(exc), 2, "iotdtls-client")
-    except KeyboardInterrupt:
-        status = 130
-    sys.exit(status)
+        return asyncio.run(run(args, config))
+
+    run_tool(PROG, body)
 
 
 if __name__ == "__main__":

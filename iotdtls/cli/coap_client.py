@@ -16,21 +16,47 @@ from aiocoap.credentials import CredentialsLoadError
 from ..coap import client_context
 from ..coap.credentials import load_credentials
 from ..config import DTLSConfiguration
-from .common import UsageError, describe_error, fail
+from .common import (
+    ToolParser,
+    UsageError,
+    add_standard,
+    describe_error,
+    int_range,
+    mtu_type,
+    run_tool,
+    seconds,
+    setup_logging,
+    verbosity,
+)
+from .progress import progress_printer
+from .runtime import StdoutClosed, silence_stdout
+
+PROG = "iotdtls-coap-client"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="iotdtls-coap-client", description=__doc__)
+    p = ToolParser(prog=PROG, description=__doc__)
     p.add_argument("-m", "--method", default="GET", help="GET, POST, PUT, DELETE, ... (default GET)")
     p.add_argument("--payload", help="request payload (text; prefix @ to read a file)")
     p.add_argument("--content-format", help="numeric content format or a media type")
     p.add_argument("--credentials", metavar="FILE", help="aiocoap credentials JSON")
     p.add_argument("--observe", action="store_true", help="observe the resource, print each notification")
-    p.add_argument("--observe-count", type=int, default=0, metavar="N", help="stop after N notifications")
-    p.add_argument("--mtu", type=int, default=None, help="DTLS datagram budget in bytes (default 512)")
-    p.add_argument("--timeout", type=float, default=120.0, metavar="S", help="give up after S seconds")
-    p.add_argument("uri")
+    p.add_argument("--observe-count", type=int_range(0), default=0, metavar="N",
+                   help="stop after N notifications (default 0: never)")
+    p.add_argument("--mtu", type=mtu_type(), default=None, help="DTLS datagram budget in bytes (default 512)")
+    p.add_argument("--timeout", type=seconds, default=120.0, metavar="S", help="give up after S seconds")
+    p.add_argument("uri", help="coap://HOST[:PORT]/PATH or coaps://HOST[:PORT]/PATH")
+    add_standard(p)
     return p
+
+
+def check_scheme(uri: str) -> None:
+    """Only coap:// and coaps:// (the transports of client_context); anything else is a usage error."""
+    scheme, sep, _ = uri.partition("://")
+    if not sep:
+        raise UsageError(f"{uri}: not a URI: use coap://HOST/PATH or coaps://HOST/PATH")
+    if scheme.lower() not in ("coap", "coaps"):
+        raise UsageError(f"unsupported scheme {scheme}: use coap:// or coaps://")
 
 
 def _method(text: str) -> Any:
@@ -73,11 +99,16 @@ def _payload(text: str | None) -> bytes:
 
 
 def _print(response: Any) -> None:
-    sys.stdout.buffer.write(response.payload + (b"" if response.payload.endswith(b"\n") else b"\n"))
-    sys.stdout.flush()
+    try:
+        sys.stdout.buffer.write(response.payload + (b"" if response.payload.endswith(b"\n") else b"\n"))
+        sys.stdout.flush()
+    except BrokenPipeError:  # | head: stop quietly
+        silence_stdout()
+        raise StdoutClosed from None
 
 
 async def run(args: argparse.Namespace) -> int:
+    check_scheme(args.uri)
     method = _method(args.method)
     try:
         credentials = load_credentials(args.credentials)
@@ -86,7 +117,8 @@ async def run(args: argparse.Namespace) -> int:
     config = DTLSConfiguration()
     if args.mtu is not None:
         config.mtu = args.mtu
-    ctx = await client_context(credentials, config=config)
+    ctx = await client_context(credentials, config=config,
+                               on_progress=progress_printer("iotdtls-coap-client", args))
     try:
         try:
             request = aiocoap.Message(code=method, uri=args.uri, payload=_payload(args.payload))
@@ -120,7 +152,7 @@ async def run(args: argparse.Namespace) -> int:
         print(f"iotdtls-coap-client: {describe_error(cause)}", file=sys.stderr)
         return 1
     except Exception as exc:
-        if isinstance(exc, UsageError):
+        if isinstance(exc, (UsageError, StdoutClosed)):
             raise
         print(f"iotdtls-coap-client: {describe_error(exc)}", file=sys.stderr)
         return 1
@@ -130,13 +162,8 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        status = asyncio.run(run(args))
-    except UsageError as exc:
-        fail(str(exc), 2, "iotdtls-coap-client")
-    except KeyboardInterrupt:
-        status = 130
-    sys.exit(status)
+    setup_logging(PROG, verbosity(args))
+    run_tool(PROG, lambda: asyncio.run(run(args)))
 
 
 if __name__ == "__main__":

@@ -8,20 +8,36 @@ from collections.abc import Callable
 from typing import NoReturn, TextIO, TypeVar
 
 from ..config import DTLSConfiguration
+from .runtime import (
+    ToolParser,
+    UsageError,
+    add_standard,
+    bind_port,
+    int_range,
+    is_quiet,
+    mtu_type,
+    port,
+    probability,
+    register_secrets,
+    run_tool,
+    seconds,
+    setup_logging,
+    verbosity,
+    write_stdout,
+)
 
 T = TypeVar("T")
 
 
-class UsageError(Exception):
-    """Bad command-line input: reported on one line, exit status 2."""
-
-
 def add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mtu", type=int, default=None, help="datagram budget in bytes (default 512)")
+    parser.add_argument("--mtu", type=mtu_type(), default=None, help="datagram budget in bytes (default 512)")
     parser.add_argument("--keylog", metavar="FILE", help="append NSS key log lines (contains secrets)")
-    parser.add_argument("--retransmit-initial", type=float, metavar="S", help="first retransmission timeout")
-    parser.add_argument("--retransmit-max", type=float, metavar="S", help="retransmission timeout cap")
-    parser.add_argument("--handshake-timeout", type=float, metavar="S", help="give up the handshake after S")
+    parser.add_argument("--retransmit-initial", type=seconds, metavar="S",
+                        help="first retransmission timeout (default 2)")
+    parser.add_argument("--retransmit-max", type=seconds, metavar="S",
+                        help="retransmission timeout cap (default 8)")
+    parser.add_argument("--handshake-timeout", type=seconds, metavar="S",
+                        help="give up the handshake after S seconds (default 120)")
 
 
 def apply_common(config: DTLSConfiguration, args: argparse.Namespace) -> TextIO | None:
@@ -173,8 +189,10 @@ def fail(message: str, status: int, prog: str) -> NoReturn:
 
 
 def describe_error(exc: BaseException, peer: str = "server") -> str:
-    from ..errors import AlertError, HandshakeTimeout
+    from ..errors import AlertError, ConnectionRefused, HandshakeTimeout
 
+    if isinstance(exc, ConnectionRefused):
+        return str(exc)  # "connection refused by HOST:PORT (nothing listening?)"
     if isinstance(exc, AlertError):
         who = f"{peer} sent alert" if exc.remote else "handshake failed"
         text = f"{who}: {exc.description.name}"
@@ -184,3 +202,34 @@ def describe_error(exc: BaseException, peer: str = "server") -> str:
     if isinstance(exc, OSError):
         return f"network error: {exc.strerror or exc}"
     return f"{type(exc).__name__}: {exc}"
+
+
+# the shared frame of every tool (runtime.py) is re-exported: the gateway's command-line tools import it from here
+__all__ = [
+    "ToolParser",
+    "UsageError",
+    "add_common",
+    "add_public_key",
+    "add_standard",
+    "apply_common",
+    "apply_public_key",
+    "bind_port",
+    "describe_error",
+    "fail",
+    "int_range",
+    "is_quiet",
+    "load_psk_file",
+    "mtu_type",
+    "non_negative_float",
+    "non_negative_int",
+    "parse_hex",
+    "port",
+    "positive_int",
+    "probability",
+    "register_secrets",
+    "run_tool",
+    "seconds",
+    "setup_logging",
+    "verbosity",
+    "write_stdout",
+]

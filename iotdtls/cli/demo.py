@@ -16,26 +16,45 @@ from ..errors import DTLSError
 from ..keys import fingerprint, generate_private_key, spki_der
 from ..trace import describe_datagram
 from ..trust import TrustStore
-from .common import describe_error
+from .common import (
+    ToolParser,
+    add_standard,
+    describe_error,
+    int_range,
+    mtu_type,
+    probability,
+    register_secrets,
+    run_tool,
+    seconds,
+    setup_logging,
+    verbosity,
+    write_stdout,
+)
+from .runtime import StdoutClosed, float_range
+
+PROG = "iotdtls-demo"
 
 IDENTITY = b"sensor-42"
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="iotdtls-demo", description=__doc__)
-    p.add_argument("--loss", type=float, default=0.0, help="drop this fraction of datagrams (0..1), each way")
-    p.add_argument("--dup", type=float, default=0.0, help="duplicate this fraction of datagrams (0..1), each way")
-    p.add_argument("--reorder", type=float, default=0.0,
+    p = ToolParser(prog=PROG, description=__doc__)
+    p.add_argument("--loss", type=float_range(0.0, 0.99, what="a fraction from 0 to 0.99"), default=0.0,
+                   help="drop this fraction of datagrams (0..0.99), each way")
+    p.add_argument("--dup", type=probability, default=0.0, help="duplicate this fraction of datagrams (0..1), each way")
+    p.add_argument("--reorder", type=probability, default=0.0,
                    help="hold back this fraction of datagrams (0..1) by a random delay, each way")
-    p.add_argument("--max-delay", type=float, default=0.3, metavar="S",
+    p.add_argument("--max-delay", type=seconds, default=0.3, metavar="S",
                    help="longest hold-back of a reordered datagram (default 0.3)")
     p.add_argument("--seed", type=int, default=7, help="seed of the loss pattern")
-    p.add_argument("--mtu", type=int, default=512, help="datagram budget in bytes")
-    p.add_argument("--retransmit-initial", type=float, default=0.5, metavar="S")
-    p.add_argument("--messages", type=int, default=3, help="application messages to echo")
+    p.add_argument("--mtu", type=mtu_type(), default=512, help="datagram budget in bytes")
+    p.add_argument("--retransmit-initial", type=seconds, default=0.5, metavar="S",
+                   help="first retransmission timeout")
+    p.add_argument("--messages", type=int_range(0, 10000), default=3, help="application messages to echo (0-10000)")
     p.add_argument("--rpk", action="store_true",
                    help="raw public keys (ECDHE-ECDSA, mutual authentication, pinned keys) instead of a PSK")
+    add_standard(p)
     return p
 
 
@@ -55,6 +74,8 @@ async def wait_echo(session: ClientSession, message: bytes, timeout: float) -> b
 async def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     totals = {"c2s": [0, 0, 0], "s2c": [0, 0, 0]}  # datagrams, bytes, dropped
+    work: asyncio.Future[int] | None = None  # the handshake and the echoes, cancelled when stdout closes
+    stdout_closed = False
 
     def show(direction: str, data: bytes, delays: list[float]) -> None:
         t = time.monotonic() - start
@@ -65,7 +86,14 @@ async def run(args: argparse.Namespace) -> int:
             fate += "  DUPLICATED"
         if any(delays):
             fate += "  DELAYED " + ", ".join(f"{d * 1000:.0f} ms" for d in delays)
-        print(f"{t:7.3f}s  {arrow}  {len(data):4d} B  {' + '.join(describe_datagram(data))}{fate}")
+        nonlocal stdout_closed
+        if not stdout_closed:
+            try:
+                write_stdout(f"{t:7.3f}s  {arrow}  {len(data):4d} B  {' + '.join(describe_datagram(data))}{fate}")
+            except StdoutClosed:  # called by the relay, outside of `work`: stop it from here
+                stdout_closed = True
+                if work is not None:
+                    work.cancel()
         totals[direction][0] += 1
         totals[direction][1] += len(data)
         totals[direction][2] += dropped
@@ -81,6 +109,7 @@ async def run(args: argparse.Namespace) -> int:
     else:
         server_cfg = DTLSConfiguration(is_client=False, psk_store={IDENTITY: KEY}, **common)
         client_cfg = DTLSConfiguration(psk_identity=IDENTITY, psk=KEY, **common)
+        register_secrets([KEY])
 
     async def echo(session: ServerSession) -> None:
         while True:
@@ -95,53 +124,56 @@ async def run(args: argparse.Namespace) -> int:
     host, port = await relay.start()
     extra = f", dup {args.dup:.0%}" if args.dup else ""
     extra += f", reorder {args.reorder:.0%} up to {args.max_delay * 1000:g} ms" if args.reorder else ""
-    print(f"iotdtls demo: server {server.address[0]}:{server.address[1]}, relay {host}:{port}, "
-          f"loss {args.loss:.0%}{extra} each way, datagram budget {args.mtu} B, "
-          f"first retransmission after {args.retransmit_initial:g} s\n")
     status = 0
-    try:
+
+    async def exchange() -> int:
+        write_stdout(f"iotdtls demo: server {server.address[0]}:{server.address[1]}, relay {host}:{port}, "
+                     f"loss {args.loss:.0%}{extra} each way, datagram budget {args.mtu} B, "
+                     f"first retransmission after {args.retransmit_initial:g} s\n")
         async with connect(host, port, client_cfg) as session:
             conn = session.connection
             hs_time = time.monotonic() - start
             hs_bytes = totals["c2s"][1] + totals["s2c"][1]
             who = f"server key {conn.identity.decode()}" if args.rpk else f"identity {conn.identity.decode()}"
-            print(f"\nhandshake complete in {hs_time:.3f} s: {who}, "
-                  f"{CipherSuite(conn.cipher_suite).name}, extended master secret on; "
-                  f"{totals['c2s'][0] + totals['s2c'][0]} datagrams, {hs_bytes} B on the wire; "
-                  f"client retransmitted {conn.retransmissions} time(s)\n")
+            write_stdout(f"\nhandshake complete in {hs_time:.3f} s: {who}, "
+                         f"{CipherSuite(conn.cipher_suite).name}, extended master secret on; "
+                         f"{totals['c2s'][0] + totals['s2c'][0]} datagrams, {hs_bytes} B on the wire; "
+                         f"client retransmitted {conn.retransmissions} time(s)\n")
             for i in range(args.messages):
                 message = f"reading {i}: 21.{i} C".encode()
                 for _attempt in range(20):  # application data is unreliable: retry like CoAP would
                     await session.send(message)
                     if await wait_echo(session, message, args.retransmit_initial):
-                        print(f"echo: {message.decode()}")
+                        write_stdout(f"echo: {message.decode()}")
                         break
+        return 0
+
+    work = asyncio.ensure_future(exchange())
+    try:
+        status = await work
+    except asyncio.CancelledError:
+        if not stdout_closed:
+            raise
     except (DTLSError, OSError) as exc:
-        print(f"iotdtls-demo: {describe_error(exc)}", file=sys.stderr)
+        print(f"{PROG}: {describe_error(exc)}", file=sys.stderr)
         status = 1
     finally:
+        work.cancel()
         await asyncio.sleep(0.05)
         relay.close()
         server.close()
+    if stdout_closed:
+        raise StdoutClosed
     c, s = totals["c2s"], totals["s2c"]
-    print(f"\ntotal: client sent {c[0]} datagrams ({c[1]} B, {c[2]} lost), "
-          f"server sent {s[0]} ({s[1]} B, {s[2]} lost)")
+    write_stdout(f"\ntotal: client sent {c[0]} datagrams ({c[1]} B, {c[2]} lost), "
+                 f"server sent {s[0]} ({s[1]} B, {s[2]} lost)")
     return status
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if not 0.0 <= args.loss < 1.0:
-        print("iotdtls-demo: --loss must be in [0, 1)", file=sys.stderr)
-        sys.exit(2)
-    for name in ("dup", "reorder"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            print(f"iotdtls-demo: --{name} must be in [0, 1]", file=sys.stderr)
-            sys.exit(2)
-    if args.max_delay <= 0:
-        print("iotdtls-demo: --max-delay must be positive", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(asyncio.run(run(args)))
+    setup_logging(PROG, verbosity(args))
+    run_tool(PROG, lambda: asyncio.run(run(args)))
 
 
 if __name__ == "__main__":

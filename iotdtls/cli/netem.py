@@ -19,24 +19,34 @@ from ..netem import (
     NetemProxy,
     parse_hostport,
 )
-from .common import UsageError, fail
+from .common import (
+    ToolParser,
+    UsageError,
+    add_standard,
+    int_range,
+    is_quiet,
+    run_tool,
+    seconds,
+    setup_logging,
+    verbosity,
+)
 
 PROG = "iotdtls-netem"
 #: (knob, type, metavar, help) of every impairment knob; each also gets --KNOB-c2s and --KNOB-s2c overrides.
 KNOBS: list[tuple[str, type, str, str]] = [
-    ("loss", float, "P", "drop each datagram with probability P (0..1)"),
-    ("dup", float, "P", "send a surviving datagram twice with probability P"),
-    ("reorder", float, "P", "hold a datagram back by a random extra delay with probability P"),
+    ("loss", float, "P", "drop each datagram with probability P (0..1, default 0)"),
+    ("dup", float, "P", "send a surviving datagram twice with probability P (default 0)"),
+    ("reorder", float, "P", "hold a datagram back by a random extra delay with probability P (default 0)"),
     ("max-delay", float, "S", f"the extra delay of a held-back datagram is uniform in (0, S] "
                               f"(default {DEFAULT_MAX_DELAY:g})"),
-    ("delay", float, "S", "delay every datagram by S seconds"),
-    ("mtu", int, "N", "drop datagrams larger than N bytes of UDP payload"),
+    ("delay", float, "S", "delay every datagram by S seconds (default 0)"),
+    ("mtu", int, "N", "drop datagrams larger than N bytes of UDP payload (default: no limit)"),
 ]
 NAMES: dict[Direction, str] = {"c2s": "client -> target", "s2c": "target -> client"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ToolParser(
         prog=PROG, description="UDP impairment proxy: clients send to --listen, each is relayed through its own "
         "socket to --target, with loss, duplication, reordering, delay and an MTU limit in each direction.",
         epilog="Each knob applies both ways; --KNOB-c2s and --KNOB-s2c (e.g. --loss-s2c 0.5) override one "
@@ -50,11 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         for direction in DIRECTIONS:
             group.add_argument(f"--{knob}-{direction}", type=kind, metavar=metavar, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the random decisions (default 0)")
-    p.add_argument("--max-clients", type=int, default=1024, metavar="N",
+    p.add_argument("--max-clients", type=int_range(1, 1_000_000), default=1024, metavar="N",
                    help="clients tracked at once; the least recently active is evicted (default 1024)")
-    p.add_argument("--idle-timeout", type=float, default=60.0, metavar="S",
+    p.add_argument("--idle-timeout", type=seconds, default=60.0, metavar="S",
                    help="forget a client after S seconds without traffic (default 60)")
-    p.add_argument("--verbose", "-v", action="store_true", help="log every datagram and its fate on stderr")
+    add_standard(p, verbose_help="-v also logs every datagram and its fate on stderr")
     return p
 
 
@@ -80,7 +90,9 @@ def build_impairment(args: argparse.Namespace) -> Impairment:
 
 
 def log(message: str) -> None:
-    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+    """A line about the proxy on stderr (none with -q)."""
+    if not is_quiet():
+        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
 def format_addr(addr: Address) -> str:
@@ -138,22 +150,17 @@ async def run(args: argparse.Namespace, impairment: Impairment) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        if args.max_clients < 1:
-            raise UsageError("--max-clients must be at least 1")
-        if args.idle_timeout <= 0:
-            raise UsageError("--idle-timeout must be positive")
+    setup_logging(PROG, verbosity(args))
+
+    def body() -> None:
         try:
             parse_hostport(args.listen)
             parse_hostport(args.target)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         asyncio.run(run(args, build_impairment(args)))
-    except UsageError as exc:
-        fail(str(exc), 2, PROG)
-    except KeyboardInterrupt:
-        pass
-    sys.exit(0)
+
+    run_tool(PROG, body)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from typing import Any
@@ -15,25 +14,37 @@ from ..config import DTLSConfiguration
 from ..constants import CipherSuite
 from ..errors import DTLSError
 from .common import (
+    ToolParser,
     UsageError,
     add_common,
     add_public_key,
+    add_standard,
     apply_common,
     apply_public_key,
+    bind_port,
     describe_error,
-    fail,
+    is_quiet,
     load_psk_file,
     non_negative_float,
     non_negative_int,
     positive_int,
+    register_secrets,
+    run_tool,
+    setup_logging,
+    verbosity,
 )
+
+PROG = "iotdtls-server"
+#: The port served without --port: 5684, IANA's "coaps" port (CoAP over DTLS, RFC 7252) - DTLS itself has none.
+DEFAULT_PORT = 5684
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="iotdtls-server", description="DTLS 1.2 echo server (PSK and/or raw public "
-                                "keys and certificates)")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--host", default="127.0.0.1")
+    p = ToolParser(prog=PROG, description="DTLS 1.2 echo server (PSK and/or raw public keys and certificates). "
+                   f"Prints one line on stderr when ready: \"{PROG}: listening on udp HOST:PORT\".")
+    p.add_argument("--port", type=bind_port, default=DEFAULT_PORT,
+                   help=f"UDP port to serve, 0: one the kernel picks (default {DEFAULT_PORT}, the coaps port)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind")
     p.add_argument("--psk-file", metavar="FILE", help="identity:hexkey per line")
     p.add_argument("--psk-hint", metavar="TEXT", help="PSK identity hint (sends ServerKeyExchange)")
     limits = p.add_argument_group("limits (docs/resources.md)")
@@ -56,11 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"UDP receive buffer to ask for (default {DEFAULT_RECEIVE_BUFFER}, 0: system default)")
     add_common(p)
     add_public_key(p, server=True)
+    add_standard(p)
     return p
 
 
 def log(message: str) -> None:
-    print(f"iotdtls-server: {message}", file=sys.stderr, flush=True)
+    """A line about the server and its sessions on stderr (none with -q)."""
+    if not is_quiet():
+        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
 async def run(args: argparse.Namespace, config: DTLSConfiguration) -> None:
@@ -100,11 +114,12 @@ async def run(args: argparse.Namespace, config: DTLSConfiguration) -> None:
     except OSError as exc:
         raise UsageError(f"cannot bind {args.host}:{args.port}: {exc.strerror}") from None
     server.on_handshake = on_handshake
-    log(f"listening on {args.host}:{args.port}")
+    host, port = server.address
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the ready line: whoever waits for it may signal at once
         loop.add_signal_handler(sig, stop.set)
+    log(f"listening on udp {f'[{host}]' if ':' in host else host}:{port}")
     await stop.wait()
     server.close()
     log("stopped")
@@ -112,23 +127,22 @@ async def run(args: argparse.Namespace, config: DTLSConfiguration) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    # evictions, refusals and buffer warnings of the server front (rate limited there) go to stderr
-    logging.basicConfig(level=logging.WARNING, format="iotdtls-server: %(message)s")
-    try:
+    # evictions, refusals and buffer warnings of the server front (rate limited there) go to stderr; -v/-vv: more
+    setup_logging(PROG, verbosity(args))
+
+    def body() -> None:
         if not args.psk_file and not args.key:
             raise UsageError("give --psk-file, --key, or both")
-        config = DTLSConfiguration(is_client=False,
-                                   psk_store=load_psk_file(args.psk_file) if args.psk_file else None,
+        psk_store = load_psk_file(args.psk_file) if args.psk_file else None
+        register_secrets((psk_store or {}).values())
+        config = DTLSConfiguration(is_client=False, psk_store=psk_store,
                                    psk_identity_hint=args.psk_hint.encode() if args.psk_hint else None,
                                    idle_timeout=args.idle_timeout)
         apply_public_key(config, args)
         apply_common(config, args)
         asyncio.run(run(args, config))
-    except UsageError as exc:
-        fail(str(exc), 2, "iotdtls-server")
-    except KeyboardInterrupt:
-        pass
-    sys.exit(0)
+
+    run_tool(PROG, body)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Any
 from aiocoap import Context
 from aiocoap.tokenmanager import TokenManager
 
+from ..aio.liveness import ProgressCallback
 from ..aio.sockbuf import DEFAULT_RECEIVE_BUFFER
 from ..config import DTLSConfiguration
 from .client import ClientSession, IotdtlsClientTransport
@@ -34,10 +35,14 @@ Credentials = Any
 
 
 async def client_context(credentials: Credentials = None, *, config: DTLSConfiguration | None = None,
-                         plain_udp: bool = True, loggername: str = "coap") -> Context:
+                         plain_udp: bool = True, loggername: str = "coap",
+                         on_progress: ProgressCallback | None = None) -> Context:
     """An aiocoap client context: ``coaps://`` over iotdtls (and ``coap://`` over UDP unless ``plain_udp`` is
     False). ``credentials`` is aiocoap's credentials map, as a CredentialsMap, a dict or a JSON file name.
-    ``config`` gives DTLS settings (mtu, timers, idle_timeout); credentials come from the map per request."""
+    ``config`` gives DTLS settings (mtu, timers, idle_timeout); credentials come from the map per request.
+    A ``coaps://`` request to a port where nothing listens fails with an ``aiocoap.error.NetworkError`` whose
+    ``__cause__`` is :class:`~iotdtls.errors.ConnectionRefused`, after one DTLS or CoAP retransmission.
+    ``on_progress`` is called with a line per handshake retransmission (default: logged on ``iotdtls.aio``)."""
     register()
     base = config or DTLSConfiguration()
     ctx = Context(loop=asyncio.get_running_loop(), serversite=None, loggername=loggername,
@@ -45,7 +50,7 @@ async def client_context(credentials: Credentials = None, *, config: DTLSConfigu
     log = logging.getLogger(loggername + ".iotdtls")
 
     async def make(mman: Any) -> IotdtlsClientTransport:
-        return IotdtlsClientTransport(mman, base, log)
+        return IotdtlsClientTransport(mman, base, log, on_progress)
 
     await ctx._append_tokenmanaged_messagemanaged_transport(make)
     if plain_udp:

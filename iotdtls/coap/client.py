@@ -12,9 +12,10 @@ from aiocoap import error, interfaces
 from aiocoap.numbers import COAPS_PORT
 from aiocoap.util import hostportjoin, hostportsplit
 
+from ..aio.liveness import HandshakeProgress, ProgressCallback, RefusalCounter, log
 from ..config import DTLSConfiguration
 from ..connection import DTLSConnection
-from ..errors import DTLSError
+from ..errors import ConnectionRefused, DTLSError
 from ..events import ConnectionTerminated, DataReceived, HandshakeCompleted
 from .credentials import client_config
 from .hostinfo import local_hostinfo
@@ -29,6 +30,18 @@ MAX_QUEUED = 64
 
 class SessionError(DTLSError):
     """The DTLS session to this remote failed; the request was not delivered over it."""
+
+
+class RefusedError(error.NetworkError):  # type: ignore[misc]
+    """What a request fails with when nothing listens at its ``coaps://`` address: an aiocoap NetworkError
+    whose text is its ``__cause__``'s, a :class:`~iotdtls.errors.ConnectionRefused`."""
+
+    def __init__(self, cause: ConnectionRefused) -> None:
+        super().__init__(str(cause))
+        self.__cause__ = cause
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # aiocoap's is "Network error: NetworkError"
 
 
 class ClientSession(interfaces.EndpointAddress, asyncio.DatagramProtocol):  # type: ignore[misc]
@@ -55,6 +68,10 @@ class ClientSession(interfaces.EndpointAddress, asyncio.DatagramProtocol):  # ty
         self._last_heard = 0.0
         self._closed = False
         self._opening: asyncio.Future[None] | None = None
+        # ICMP port unreachable for two separate transmissions (handshake flights or CoAP retransmissions):
+        # the requests fail with ConnectionRefused instead of waiting out their timeouts
+        self._refusals = RefusalCounter(config.retransmit_initial / 2)
+        self._progress = HandshakeProgress(host, port, config, transport.on_progress)
         self.maximum_block_size_exp = block_size_exp_for_mtu(config.mtu)
 
     # -- EndpointAddress -------------------------------------------------------------------------
@@ -122,6 +139,7 @@ class ClientSession(interfaces.EndpointAddress, asyncio.DatagramProtocol):  # ty
                 for datagram in old.datagrams_to_send(now):
                     self._udp.sendto(datagram)
         self._conn = DTLSConnection(self._config, peer=(self._host, self._port), validate=False)
+        self._progress = HandshakeProgress(self._host, self._port, self._config, self._owner.on_progress)
         self._sends_unanswered = 0
         self._last_heard = now
         if self._udp is None:
@@ -151,12 +169,24 @@ class ClientSession(interfaces.EndpointAddress, asyncio.DatagramProtocol):  # ty
         if conn is None:
             return
         now = asyncio.get_running_loop().time()
+        self._refusals.heard()
         conn.receive_datagram(data, now)
         self._flush(now)
 
     def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable on a connected socket: nobody listens there (yet). Retransmissions go on.
-        self._owner.log.debug("%s: %s", self.hostinfo, exc)
+        # ICMP port unreachable on the connected socket: nobody listens there (yet). Once is not proof (a
+        # server starting up); refused again for a later transmission, the pending requests fail.
+        if not isinstance(exc, ConnectionRefusedError) or self._closed:
+            self._owner.log.debug("%s: %s", self.hostinfo, exc)
+        else:
+            log.info("%s: port unreachable (ICMP): nothing listening yet?", self._progress.where)
+            loop = asyncio.get_running_loop()
+            if self._refusals.refused(loop.time()):
+                loop.call_soon(self._refused)  # may be inside _flush's sendto: fail from the loop
+
+    def _refused(self) -> None:
+        if not self._closed:
+            self._fail(RefusedError(ConnectionRefused(self._host, self._port)))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._udp = None
@@ -179,7 +209,10 @@ class ClientSession(interfaces.EndpointAddress, asyncio.DatagramProtocol):  # ty
             elif isinstance(event, ConnectionTerminated):
                 self._connection_ended(conn, event.error)
         if self._udp is not None:
-            for datagram in conn.datagrams_to_send(now):
+            datagrams = conn.datagrams_to_send(now)
+            if datagrams:
+                self._refusals.sent()
+            for datagram in datagrams:
                 self._udp.sendto(datagram)
         self._arm_timer(now)
 
@@ -198,7 +231,9 @@ class ClientSession(interfaces.EndpointAddress, asyncio.DatagramProtocol):  # ty
         if conn is None:
             return
         now = asyncio.get_running_loop().time()
+        quiet = self._refusals.pending  # refused just now: the retransmission settles it, no progress line
         conn.handle_timer(now)
+        self._progress.check(conn, quiet=quiet)
         self._flush(now)
 
     def _connection_ended(self, conn: DTLSConnection, exc: Exception | None) -> None:
@@ -230,10 +265,13 @@ class ClientSession(interfaces.EndpointAddress, asyncio.DatagramProtocol):  # ty
 class IotdtlsClientTransport(interfaces.MessageInterface):  # type: ignore[misc]
     """aiocoap MessageInterface for ``coaps://`` requests over iotdtls."""
 
-    def __init__(self, mman: Any, base: DTLSConfiguration, log: logging.Logger) -> None:
+    def __init__(self, mman: Any, base: DTLSConfiguration, log: logging.Logger,
+                 on_progress: ProgressCallback | None = None) -> None:
         self._mman = mman
         self._base = base
         self.log = log
+        #: Called with a line per handshake retransmission (None: logged at INFO on ``iotdtls.aio``).
+        self.on_progress = on_progress
         self._pool: dict[tuple[str, int, int], ClientSession] = {}
         self._shutting_down = False
 
