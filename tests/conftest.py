@@ -5,8 +5,12 @@ Real-peer helpers (openssl, gnutls, tinydtls): ``tests/peers.py`` (``from peers 
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 # --------------------------------------------------------------------------------------------------
 # Import paths: the repo root (for `iotdtls` without an install) and tests/ (for `peers`).
@@ -21,3 +25,18 @@ for _path in (_REPO_ROOT, _TESTS_DIR):
 # --------------------------------------------------------------------------------------------------
 # Fixtures (none yet)
 # --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _logging_state() -> Iterator[None]:
+    """A command-line tool's main() run in-process sets up logging for its process (levels of the iotdtls loggers,
+    the root handlers: iotdtls.cli.runtime.setup_logging); put it back after each test, so that a later test's
+    log capture sees what it expects."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {name: logging.getLogger(name).level for name in ("iotdtls", "iotdtls_gateway", "aiocoap", "mqtt")}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, lvl in levels.items():
+        logging.getLogger(name).setLevel(lvl)

@@ -286,7 +286,7 @@ def test_sighup_while_starting_never_kills_the_gateway(tmp_path: Path) -> None:
                 sent += 1
                 time.sleep(0.01)
             sd.wait_for(lambda n: n.has("READY"), what="READY=1")
-            assert sent > 1
+            assert sent >= 1  # (a fast start takes only one)
             proc.wait_output('"event":"reloaded"', timeout=30)  # the ones during the start: one reload, once serving
             time.sleep(0.5)
             assert proc.alive(), proc.transcript()
