@@ -11,7 +11,7 @@ import html
 import math
 from typing import Any
 
-from .figures import ago, utc
+from .figures import ago, human_bytes, utc
 
 CHART_WIDTH, CHART_HEIGHT = 1000, 200
 #: Left margin for the scale, bottom margin for the time axis.
@@ -62,14 +62,6 @@ footer a { color: var(--accent); }
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
-
-def _bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def _card(title: str, big: str, *small: str) -> str:
@@ -136,7 +128,7 @@ def render(figures: dict[str, Any], rows: list[dict[str, Any]], hidden: int, *, 
               f"{_e(f['sessions']['open'])} sessions open"),
         _card("Messages, last hour", _e(m["last_hour"]), f"{_e(m['acknowledged'])} acknowledged since start",
               f"{_e(m['duplicates'])} resends recognised"),
-        _card("Spool", _e(s["messages"]), f"{_e(_bytes(s['bytes']))} of {_e(_bytes(s['max_bytes']))}",
+        _card("Spool", _e(s["messages"]), f"{_e(human_bytes(s['bytes']))} of {_e(human_bytes(s['max_bytes']))}",
               "empty" if s["oldest_age_s"] is None else f"oldest entry {_e(ago(s['oldest_age_s']))} old"),
         _card("Uplink", _badge(u["state"]), _e(u["broker"] or "no [mqtt]: messages stay in the spool"),
               f"{_e(u['published'])} published, {_e(u['in_flight'])} in flight" if u["broker"] else "",

@@ -13,7 +13,7 @@ import urllib.request
 from typing import Any
 
 from ..config import GatewayConfig
-from ..figures import ago
+from ..figures import ago, human_bytes
 
 TIMEOUT = 5.0
 #: The document must fit in this many bytes (1,000 device rows take about 150 KB).
@@ -64,14 +64,6 @@ def _n(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
 
 def _ms(seconds: Any) -> str:
     return "-" if not isinstance(seconds, int | float) else f"{seconds * 1000:g} ms"
@@ -97,7 +89,8 @@ def summary(doc: dict[str, Any]) -> list[str]:
                  f"({_n(m['duplicates'])} resends), {_n(m['last_hour'])} in the last hour"
                  + (", refused: " + ", ".join(f"{k} {_n(v)}" for k, v in sorted(refused.items())) if refused else ""))
     oldest = s.get("oldest_age_s")
-    lines.append(f"spool      {_n(s['messages'])} messages, {_size(s['bytes'])} of {_size(s['max_bytes'])}, "
+    lines.append(f"spool      {_n(s['messages'])} messages, "
+                 f"{human_bytes(s['bytes'])} of {human_bytes(s['max_bytes'])}, "
                  + ("empty" if oldest is None else f"oldest {ago(oldest)} old"))
     if u["state"] == "none":
         lines.append("uplink     none (no [mqtt]: messages stay in the spool)")
