@@ -13,6 +13,7 @@ from .events import (
     HandshakeCompleted,
     ReplacementFailed,
 )
+from .resumption import Session, SessionCache, TicketKeys
 from .server import ConnectionReplaced, DTLSServer, SessionEvicted
 from .trust import PeerCredential, TrustStore
 
@@ -39,6 +40,9 @@ __all__ = [
     "PeerCredential",
     "RemoteAlert",
     "ReplacementFailed",
+    "Session",
+    "SessionCache",
     "SessionEvicted",
+    "TicketKeys",
     "TrustStore",
 ]

@@ -60,6 +60,9 @@ class Buffer:
     def pull_uint24(self) -> int:
         return int.from_bytes(self.pull_bytes(3), "big")
 
+    def pull_uint32(self) -> int:
+        return int.from_bytes(self.pull_bytes(4), "big")
+
     def pull_uint48(self) -> int:
         return int.from_bytes(self.pull_bytes(6), "big")
 
@@ -109,6 +112,9 @@ class Writer:
 
     def push_uint24(self, v: int) -> None:
         self._out += v.to_bytes(3, "big")
+
+    def push_uint32(self, v: int) -> None:
+        self._out += v.to_bytes(4, "big")
 
     def push_uint48(self, v: int) -> None:
         self._out += v.to_bytes(6, "big")

@@ -10,7 +10,14 @@ from typing import TextIO
 
 from cryptography import x509
 
-from .constants import ECDHE_ECDSA_SUITES, PSK_SUITES, CipherSuite
+from .constants import (
+    ECDHE_ECDSA_SUITES,
+    MAX_CID_LEN,
+    MAX_PLAINTEXT,
+    MIN_RECORD_SIZE_LIMIT,
+    PSK_SUITES,
+    CipherSuite,
+)
 from .keys import PrivateKey
 from .trust import TrustStore
 
@@ -77,6 +84,23 @@ class DTLSConfiguration:
     max_handshake_message: int = 4096
     #: Records of the next epoch held back until its ChangeCipherSpec arrives (and at most 1 KB each on average).
     max_buffered_records: int = 16
+    #: Connection ID (RFC 9146): the length (0-20) of the CID this endpoint asks its peer to put in the records
+    #: it sends; 0 means "I send a CID if you want one, but I need none"; ``None``: no connection_id extension.
+    cid_length: int | None = None
+    #: Pad the inner plaintext of CID records to a multiple of this many bytes (0: no padding), so that record
+    #: lengths reveal less about their content.
+    cid_padding: int = 0
+    #: RFC 8449 record_size_limit to advertise: the largest plaintext this endpoint accepts in a protected
+    #: record (64 .. 16384); ``None``: the extension is not offered (a server still answers a client's with
+    #: 16384 and honours the client's limit).
+    record_size_limit: int | None = None
+    #: Session resumption through RFC 5077 tickets: a client asks for one (an empty SessionTicket extension, 4
+    #: bytes per ClientHello); a server issues them when its front has ticket keys. Off by default: a client
+    #: resumes through the server's session-ID cache, which costs no byte in a full handshake but does not survive
+    #: a server restart; tickets do (with the front's ticket keys kept on disk).
+    session_tickets: bool = False
+    #: Seconds a session may be resumed for, counted from its full handshake (server: cache entries and tickets).
+    session_lifetime: float = 86400.0
     #: Server: require a HelloVerifyRequest cookie exchange before creating any state.
     cookies: bool = True
     cookie_lifetime: float = 120.0
@@ -100,6 +124,15 @@ class DTLSConfiguration:
             raise ValueError("amplification_factor must be at least 1 (or None for no limit)")
         if self.require_extended_master_secret and not self.extended_master_secret:
             raise ValueError("require_extended_master_secret needs extended_master_secret")
+        if self.cid_length is not None and not 0 <= self.cid_length <= MAX_CID_LEN:
+            raise ValueError(f"cid_length must be 0 to {MAX_CID_LEN} (or None for no connection ID)")
+        if self.cid_padding < 0 or self.cid_padding > 1024:
+            raise ValueError("cid_padding must be 0 to 1024 bytes")
+        if self.record_size_limit is not None and \
+                not MIN_RECORD_SIZE_LIMIT <= self.record_size_limit <= MAX_PLAINTEXT:
+            raise ValueError(f"record_size_limit must be {MIN_RECORD_SIZE_LIMIT} to {MAX_PLAINTEXT} bytes")
+        if self.session_lifetime < 0:
+            raise ValueError("session_lifetime must not be negative")
         if not self.cipher_suites:
             raise ValueError("at least one cipher suite is required")
         for suite in self.cipher_suites:

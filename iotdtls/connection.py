@@ -13,7 +13,7 @@ from logging import DEBUG, INFO
 
 from .buffer import Buffer
 from .config import DTLSConfiguration
-from .constants import DTLS_1_2, PSK_SUITES, AlertDescription, AlertLevel, ContentType, HandshakeType
+from .constants import DTLS_1_2, MAX_PLAINTEXT, PSK_SUITES, AlertDescription, AlertLevel, ContentType, HandshakeType
 from .errors import (
     AlertError,
     BadRecordMac,
@@ -22,6 +22,7 @@ from .errors import (
     DTLSError,
     HandshakeTimeout,
     InternalError,
+    RecordOverflow,
     RemoteAlert,
     UnexpectedMessage,
 )
@@ -50,6 +51,8 @@ from .logs import (
 from .messages import ClientHello
 from .reassembly import parse_fragments
 from .record import _HDR, SEQ_MASK, Record, split_records
+from .resumption import Session
+from .server_context import ServerContext
 from .trust import PeerCredential
 
 MAX_EARLY_DATA = 8
@@ -59,6 +62,8 @@ _APPDATA = bytes((ContentType.APPLICATION_DATA,))
 _ESTABLISHED = State.ESTABLISHED
 _CLOSED = State.CLOSED
 _APPLICATION_DATA = int(ContentType.APPLICATION_DATA)
+_CHANGE_CIPHER_SPEC = int(ContentType.CHANGE_CIPHER_SPEC)
+_TLS12_CID = int(ContentType.TLS12_CID)
 _EPOCH1 = 1 << 48
 _NO_TRANSCRIPT = hashlib.sha256()
 _RENEGOTIATION = frozenset({HandshakeType.HELLO_REQUEST, HandshakeType.CLIENT_HELLO})
@@ -136,24 +141,64 @@ class DTLSConnection(HandshakeLayer):
 
     @property
     def max_payload(self) -> int:
-        """Largest application payload that fits one record within the datagram budget."""
-        return self._config.mtu - 13 - self._overhead(1)
+        """Largest application payload that fits one record within the datagram budget and the peer's
+        record_size_limit (RFC 8449)."""
+        cid_type_byte = 1 if self._peer_cid else 0
+        return min(self._config.mtu - 13 - self._overhead(1), self._peer_record_limit - cid_type_byte)
 
-    def connect(self, now: float) -> None:
-        """Client: start the handshake by sending a ClientHello."""
+    @property
+    def connection_id(self) -> bytes | None:
+        """RFC 9146: the CID the peer puts in the records it sends us (may be empty), or ``None`` when no
+        connection ID was negotiated."""
+        return self._cid if self._cid_on else None
+
+    @property
+    def peer_connection_id(self) -> bytes | None:
+        """RFC 9146: the CID we put in the records we send (may be empty), or ``None`` without a connection ID."""
+        return self._peer_cid if self._cid_on else None
+
+    @property
+    def record_size_limit(self) -> int | None:
+        """The peer's RFC 8449 record_size_limit (the largest plaintext we send it in a protected record), or
+        ``None`` when the extension was not negotiated."""
+        return self._peer_record_limit if self._record_limit <= MAX_PLAINTEXT else None
+
+    @property
+    def session(self) -> Session | None:
+        """After the handshake, what a client keeps to resume this session later (:meth:`connect` with
+        ``session=``): secret, like a key. ``None`` when the session cannot be resumed (no extended master
+        secret, or the server gave neither a session ID nor a ticket)."""
+        return self._session
+
+    @property
+    def resumed(self) -> bool:
+        """The handshake was abbreviated: it resumed an earlier session."""
+        return self._resumed
+
+    def connect(self, now: float, session: Session | None = None) -> None:
+        """Client: start the handshake by sending a ClientHello; offer ``session`` (from an earlier
+        connection's :attr:`session`) for an abbreviated handshake. A server that does not resume it answers
+        with a full handshake."""
         if not self._config.is_client or self._state is not State.CLIENT_START:
             raise DTLSError("connect() is for a new client connection")
+        cfg = self._config
+        if cfg.cid_length is not None:
+            self._cid = cfg.random(cfg.cid_length)
+        self._client_prepare_resumption(session)
         self._client_random = self._config.random(32)
         self._hs_deadline = now + self._config.handshake_timeout
         self._send_client_hello(b"", now)
 
     def accept(self, hello: ClientHello, body: bytes, message_seq: int, record_seq: int, now: float,
-               dummy_psk_key: bytes, *, received: int = 0, sent: int = 0) -> None:
+               dummy_psk_key: bytes, *, received: int = 0, sent: int = 0,
+               context: ServerContext | None = None) -> None:
         """Server: start from a ClientHello whose cookie the server front verified. ``received`` and ``sent``
         are the bytes exchanged with the peer in this handshake so far (the hellos, the HelloVerifyRequest),
-        the base of the amplification limit."""
+        the base of the amplification limit. ``context``: the front's session cache, ticket keys and CID
+        generator."""
         if self._config.is_client or self._state is not State.SERVER_START:
             raise DTLSError("accept() is for a new server connection")
+        self._context = context
         self._hs_deadline = now + self._config.handshake_timeout
         self._limit_amplification(received, sent)
         self._write_seq[0] = record_seq
@@ -173,8 +218,13 @@ class DTLSConnection(HandshakeLayer):
         if seq >= SEQ_MASK:
             raise ConnectionClosed("sequence number space exhausted: reconnect")
         self._write_seq[1] = seq + 1
-        assert self._write_cipher is not None
-        self._out.append(self._write_cipher.protect(_APPLICATION_DATA, _EPOCH1 | seq, data))
+        cipher = self._write_cipher
+        assert cipher is not None
+        if self._peer_cid:
+            self._out.append(cipher.protect_cid(_APPLICATION_DATA, _EPOCH1 | seq, data, self._peer_cid,
+                                                self._config.cid_padding, self._peer_record_limit))
+        else:
+            self._out.append(cipher.protect(_APPLICATION_DATA, _EPOCH1 | seq, data))
 
     def close(self, error: Exception | None = None) -> None:
         """Send close_notify (if established) and close; idempotent. ``error`` is what the
@@ -228,7 +278,7 @@ class DTLSConnection(HandshakeLayer):
         return self._events.pop(0) if self._events else None
 
     def receive_datagram(self, data: bytes, now: float) -> None:
-        if self._state is _ESTABLISHED and data[:1] == _APPDATA and len(data) > 13:
+        if self._state is _ESTABLISHED and data[:1] == _APPDATA and len(data) > 13 and not self._cid:
             # Fast path: one application record of the current epoch, the common case after the handshake.
             _, version, epoch_seq, length = _HDR.unpack_from(data)
             if length + 13 == len(data) and epoch_seq >> 48 == 1 and version == DTLS_1_2:
@@ -251,6 +301,9 @@ class DTLSConnection(HandshakeLayer):
         payload = self._read_cipher.open(_APPLICATION_DATA, version, epoch_seq, data, 13, len(data))
         if payload is None:
             return
+        if len(payload) > self._record_limit:
+            self._guard(lambda: self._overflow())
+            return
         window.mark(seq)
         if self._config.idle_timeout is not None:
             self._idle_deadline = now + self._config.idle_timeout
@@ -266,8 +319,11 @@ class DTLSConnection(HandshakeLayer):
         except Exception as exc:  # a bug must not escape as a traceback through the I/O layer
             self._fail(InternalError(f"{type(exc).__name__}: {exc}"))
 
+    def _overflow(self) -> None:
+        raise RecordOverflow(f"record larger than our record_size_limit of {self._record_limit} bytes")
+
     def _receive(self, data: bytes, now: float) -> None:
-        for record in split_records(data):
+        for record in split_records(data, len(self._cid) or -1):
             self._handle_record(record, now)
             if self._state is _CLOSED:
                 return
@@ -281,11 +337,25 @@ class DTLSConnection(HandshakeLayer):
             window = self._windows[epoch]
             if not window.is_fresh(record.seq):
                 return
+            content_type = record.content_type
             if epoch == 0:
                 payload = record.fragment
             else:
                 assert self._read_cipher is not None
-                opened = self._read_cipher.unprotect(record)
+                if content_type == _TLS12_CID:
+                    # only records that carry our CID; without one, a tls12_cid record never parses
+                    if record.cid != self._cid:
+                        return
+                    inner = self._read_cipher.open_cid(record)
+                    opened = None
+                    if inner is not None:
+                        content_type, opened = inner
+                        if not _CHANGE_CIPHER_SPEC <= content_type <= _APPLICATION_DATA:
+                            raise UnexpectedMessage(f"content type {content_type} inside a tls12_cid record")
+                elif self._cid:
+                    return  # RFC 9146: once we asked for a CID, protected records must carry it
+                else:
+                    opened = self._read_cipher.unprotect(record)
                 if opened is None:
                     if self._state in WAITING_FINISHED and record.content_type == ContentType.HANDSHAKE:
                         # The peer's Finished does not authenticate: our keys differ (wrong PSK). Fail fast
@@ -294,10 +364,12 @@ class DTLSConnection(HandshakeLayer):
                         raise BadRecordMac("record failed authentication during the handshake")
                     return
                 payload = opened
+                if len(payload) > self._record_limit:
+                    self._overflow()
             window.mark(record.seq)
             if epoch == 1 and self._config.idle_timeout is not None and self._state is _ESTABLISHED:
                 self._idle_deadline = now + self._config.idle_timeout
-            self._dispatch(record.content_type, payload, epoch, now)
+            self._dispatch(content_type, payload, epoch, now)
         elif epoch == 1 and self._read_epoch == 0:
             # Not yet authenticable: bounded by count and by bytes (1 KB a record on average).
             limit = self._config.max_buffered_records
@@ -421,6 +493,9 @@ class DTLSConnection(HandshakeLayer):
 
     def _handshake_done(self) -> None:
         self._state = _ESTABLISHED
+        self._remember_session()
+        self._context = None
+        self._resume = None
         self._amp_limit = False
         self._amp_received = self._amp_sent = 0
         self._max_payload = self.max_payload
@@ -434,12 +509,14 @@ class DTLSConnection(HandshakeLayer):
         self._hs_deadline = None
         if self._config.idle_timeout is not None:
             self._idle_deadline = self._last_sent + self._config.idle_timeout
-        self._events.append(HandshakeCompleted(self._suite, self._identity, self._use_ems, self._peer))
+        self._events.append(HandshakeCompleted(self._suite, self._identity, self._use_ems, self._peer,
+                                               self._resumed))
         if HANDSHAKE_LOG.getEffectiveLevel() <= INFO:
-            HANDSHAKE_LOG.info("%s: session established: %s, extended master secret %s, %s, %d retransmission%s",
-                               self._who(), suite_name(self._suite), "yes" if self._use_ems else "no",
-                               identity_text(self._identity), self.retransmissions,
-                               "" if self.retransmissions == 1 else "s")
+            HANDSHAKE_LOG.info("%s: session %s: %s, extended master secret %s, %s%s, %d retransmission%s",
+                               self._who(), "resumed" if self._resumed else "established", suite_name(self._suite),
+                               "yes" if self._use_ems else "no", identity_text(self._identity),
+                               f", connection ID {len(self._cid)}/{len(self._peer_cid)} bytes" if self._cid_on
+                               else "", self.retransmissions, "" if self.retransmissions == 1 else "s")
         for data in self._early_data:
             self._events.append(DataReceived(data))
         self._early_data = []
@@ -449,7 +526,7 @@ class DTLSConnection(HandshakeLayer):
     def _fail(self, exc: AlertError) -> None:
         if self._state is _CLOSED:
             return
-        if self._state in WAITING_FINISHED and self._suite in PSK_SUITES:
+        if self._state in WAITING_FINISHED and self._suite in PSK_SUITES and not self._resumed:
             self._explain_psk_failure(exc)
         if not exc.remote:
             with contextlib.suppress(DTLSError):

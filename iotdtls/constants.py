@@ -13,6 +13,7 @@ class ContentType(IntEnum):
     ALERT = 21
     HANDSHAKE = 22
     APPLICATION_DATA = 23
+    TLS12_CID = 25  # RFC 9146: a protected record carrying a connection ID
 
 
 class HandshakeType(IntEnum):
@@ -20,6 +21,7 @@ class HandshakeType(IntEnum):
     CLIENT_HELLO = 1
     SERVER_HELLO = 2
     HELLO_VERIFY_REQUEST = 3
+    NEW_SESSION_TICKET = 4
     CERTIFICATE = 11
     SERVER_KEY_EXCHANGE = 12
     CERTIFICATE_REQUEST = 13
@@ -87,7 +89,9 @@ class ExtensionType(IntEnum):
     SERVER_CERTIFICATE_TYPE = 20
     ENCRYPT_THEN_MAC = 22
     EXTENDED_MASTER_SECRET = 23
+    RECORD_SIZE_LIMIT = 28
     SESSION_TICKET = 35
+    CONNECTION_ID = 54
     RENEGOTIATION_INFO = 0xFF01
 
 
@@ -132,3 +136,8 @@ RECORD_HEADER_LEN = 13
 HANDSHAKE_HEADER_LEN = 12
 EXPLICIT_NONCE_LEN = 8
 MAX_PLAINTEXT = 1 << 14
+TLS12_CID = 25
+#: RFC 9146 allows CIDs of up to 255 bytes; RFC 9146 section 3 and our configuration cap them at 20.
+MAX_CID_LEN = 20
+#: RFC 8449: the smallest record_size_limit a peer may ask for.
+MIN_RECORD_SIZE_LIMIT = 64

@@ -21,6 +21,8 @@ class HandshakeCompleted(Event):
     extended_master_secret: bool
     #: The peer's verified raw public key or certificate chain (ECDHE-ECDSA suites).
     peer: PeerCredential | None = None
+    #: The handshake was abbreviated: it resumed an earlier session (RFC 5246 section 7.3, RFC 5077).
+    resumed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,3 +49,12 @@ class ReplacementFailed(Event):
     replayed ClientHello, say). The session at that address goes on unchanged."""
 
     error: Exception | None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAddressChanged(Event):
+    """Server front only: a session with a connection ID (RFC 9146) was reached from a new address by an
+    authenticated record newer than any before, and moved there. The event comes with the new address;
+    ``previous`` is the old one. Send to the new address from now on."""
+
+    previous: object

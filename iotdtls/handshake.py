@@ -30,7 +30,7 @@ from .errors import (
     UnexpectedMessage,
 )
 from .handshake_base import HANDSHAKING, WAITING_FINISHED, State
-from .handshake_pk import PublicKeyHandshake
+from .handshake_ext import ExtensionHandshake
 from .messages import (
     ClientHello,
     ServerHello,
@@ -59,7 +59,7 @@ _PK_SERVER_HELLO_EXTS = frozenset({ExtensionType.EC_POINT_FORMATS, ExtensionType
                                    ExtensionType.CLIENT_CERTIFICATE_TYPE})
 
 
-class HandshakeLayer(PublicKeyHandshake):
+class HandshakeLayer(ExtensionHandshake):
     """Handshake message handlers; :class:`DTLSConnection` adds the public API."""
 
     __slots__ = ()
@@ -68,13 +68,16 @@ class HandshakeLayer(PublicKeyHandshake):
     def _send_client_hello(self, cookie: bytes, now: float) -> None:
         cfg = self._config
         exts: list[tuple[int, bytes]] = [_EMS_EXT] if cfg.extended_master_secret else []
-        offered = cfg.usable_suites()
+        # Offering a session, only its suite: the server resumes with it or falls back to it (fewer bytes).
+        offered = cfg.usable_suites() if self._resume is None else [self._resume.cipher_suite]
         if any(s in ECDHE_ECDSA_SUITES for s in offered):
             exts += self._client_pk_extensions()
+        exts += self._client_hello_extensions()
         # Secure renegotiation is signalled with the SCSV, which RFC 5746 section 3.4 makes equivalent to an
         # empty renegotiation_info extension and which costs 2 bytes instead of 5.
         suites = [*offered, CipherSuite.TLS_EMPTY_RENEGOTIATION_INFO_SCSV]
-        hello = ClientHello(random=self._client_random, cipher_suites=suites, cookie=cookie, extensions=exts)
+        hello = ClientHello(random=self._client_random, cipher_suites=suites, cookie=cookie, extensions=exts,
+                            session_id=self._session_id if self._resume is not None else b"")
         w = Writer()
         push_client_hello(w, hello)
         msg = self._next_message(HandshakeType.CLIENT_HELLO, w.data())
@@ -99,7 +102,7 @@ class HandshakeLayer(PublicKeyHandshake):
             raise IllegalParameter("server chose a cipher suite we did not offer")
         if sh.compression_method != 0:
             raise IllegalParameter("server chose compression")
-        offered = {ExtensionType.RENEGOTIATION_INFO}
+        offered = {ExtensionType.RENEGOTIATION_INFO, *self._client_offered_extensions()}
         if cfg.extended_master_secret:
             offered.add(ExtensionType.EXTENDED_MASTER_SECRET)
         ecdhe = sh.cipher_suite in ECDHE_ECDSA_SUITES
@@ -117,6 +120,10 @@ class HandshakeLayer(PublicKeyHandshake):
             raise HandshakeFailure("server does not support the extended master secret")
         self._suite = CipherSuite(sh.cipher_suite)
         self._server_random = sh.random
+        self._client_negotiated(sh.extensions)
+        if self._client_try_resume(sh.session_id, body, seq):
+            return
+        self._session_id = sh.session_id
         self._add_transcript(HandshakeType.SERVER_HELLO, seq, body)
         if ecdhe:
             self._client_pk_server_hello(sh.extensions)
@@ -145,7 +152,7 @@ class HandshakeLayer(PublicKeyHandshake):
             flight = [cke]
         fin = self._next_message(HandshakeType.FINISHED, self._finished_data(True), epoch=1)
         self._add_transcript(fin.msg_type, fin.message_seq, fin.body)
-        self._state = State.CLIENT_WAIT_FINISHED
+        self._state = State.CLIENT_WAIT_TICKET if self._issue_ticket else State.CLIENT_WAIT_FINISHED
         self._send_flight([*flight, OutMessage(0, CCS), fin], now)
         self._write_epoch = 1
 
@@ -169,13 +176,18 @@ class HandshakeLayer(PublicKeyHandshake):
             raise ProtocolVersionError("client does not offer DTLS 1.2")
         if 0 not in hello.compression_methods:
             raise IllegalParameter("client does not offer null compression")
-        suite, pk_exts = self._server_choose_suite(hello)
         reneg = check_renegotiation_info(hello.extensions) or \
             CipherSuite.TLS_EMPTY_RENEGOTIATION_INFO_SCSV in hello.cipher_suites
         client_ems = find_extension(hello.extensions, ExtensionType.EXTENDED_MASTER_SECRET) is not None
         self._use_ems = client_ems and cfg.extended_master_secret
         if cfg.require_extended_master_secret and not self._use_ems:
             raise HandshakeFailure("client does not support the extended master secret")
+        session = self._server_find_session(hello, client_ems)
+        pk_exts: list[tuple[int, bytes]]
+        if session is not None:
+            suite, pk_exts = session.cipher_suite, []
+        else:
+            suite, pk_exts = self._server_choose_suite(hello)
         self._suite = suite
         self._server_random = cfg.random(32)
         exts: list[tuple[int, bytes]] = []
@@ -184,9 +196,22 @@ class HandshakeLayer(PublicKeyHandshake):
         if self._use_ems:
             exts.append(_EMS_EXT)
         exts += pk_exts
+        exts += self._server_negotiate(hello)
+        if session is not None:
+            self._session_id = hello.session_id
+        else:
+            self._issue_ticket = self._server_wants_ticket(hello)
+            if self._issue_ticket:
+                exts.append((ExtensionType.SESSION_TICKET, b""))
+            self._session_id = self._server_session_id()
         w = Writer()
-        push_server_hello(w, ServerHello(random=self._server_random, cipher_suite=suite, extensions=exts))
-        flight = [self._next_message(HandshakeType.SERVER_HELLO, w.data())]
+        push_server_hello(w, ServerHello(random=self._server_random, cipher_suite=suite, extensions=exts,
+                                         session_id=self._session_id))
+        first = self._next_message(HandshakeType.SERVER_HELLO, w.data())
+        if session is not None:
+            self._server_resume_flight(first, session, now)
+            return
+        flight = [first]
         if suite in ECDHE_ECDSA_SUITES:
             flight += self._server_pk_flight()
         elif cfg.psk_identity_hint is not None:
@@ -240,8 +265,13 @@ class HandshakeLayer(PublicKeyHandshake):
             raise DecryptError("client Finished does not verify")
         self._amp_limit = False  # the client proved it received our flight: no more amplification limit
         self._add_transcript(HandshakeType.FINISHED, seq, body)
+        flight = [OutMessage(0, CCS)]
+        if self._issue_ticket:
+            ticket = self._server_ticket_message()
+            self._add_transcript(ticket.msg_type, ticket.message_seq, ticket.body)
+            flight.insert(0, ticket)
         fin = self._next_message(HandshakeType.FINISHED, self._finished_data(False), epoch=1)
-        self._send_flight([OutMessage(0, CCS), fin], now, timer=False)
+        self._send_flight([*flight, fin], now, timer=False)
         self._write_epoch = 1
         self._handshake_done()
 
@@ -276,6 +306,12 @@ HANDSHAKE_TABLE: dict[tuple[State, int], Handler] = {
     (State.SERVER_WAIT_CKE_AUTH, HandshakeType.CLIENT_KEY_EXCHANGE): HandshakeLayer._server_client_key_exchange,
     (State.SERVER_WAIT_CERTIFICATE_VERIFY, HandshakeType.CERTIFICATE_VERIFY):
         HandshakeLayer._server_certificate_verify,
+    # session tickets and abbreviated handshakes
+    (State.CLIENT_WAIT_TICKET, HandshakeType.NEW_SESSION_TICKET): HandshakeLayer._client_new_session_ticket,
+    (State.CLIENT_RESUME_WAIT_TICKET, HandshakeType.NEW_SESSION_TICKET):
+        HandshakeLayer._client_new_session_ticket,
+    (State.CLIENT_RESUME_WAIT_FINISHED, HandshakeType.FINISHED): HandshakeLayer._client_resume_finished,
+    (State.SERVER_RESUME_WAIT_FINISHED, HandshakeType.FINISHED): HandshakeLayer._server_resume_finished,
 }
 
 #: ChangeCipherSpec is legal only here, and only while the read side is still in epoch 0.
@@ -288,6 +324,11 @@ CCS_TABLE: dict[State, Callable[[HandshakeLayer], None]] = {
     # Keys exist but the CertificateVerify is outstanding: switch now, so a Finished that skips the
     # CertificateVerify meets unexpected_message; a reordered CertificateVerify is still read from epoch 0.
     State.SERVER_WAIT_CERTIFICATE_VERIFY: HandshakeLayer._ccs_switch,
+    # a ChangeCipherSpec that overtook the NewSessionTicket waits for it
+    State.CLIENT_WAIT_TICKET: HandshakeLayer._ccs_early,
+    State.CLIENT_RESUME_WAIT_TICKET: HandshakeLayer._ccs_early,
+    State.CLIENT_RESUME_WAIT_FINISHED: HandshakeLayer._ccs_switch,
+    State.SERVER_RESUME_WAIT_FINISHED: HandshakeLayer._ccs_switch,
 }
 
 #: Handshake messages that must arrive protected (epoch 1); all others must arrive in epoch 0.

@@ -10,8 +10,8 @@ import struct
 from dataclasses import dataclass, field
 
 from .buffer import Buffer, BufferReadError, Writer
-from .constants import DTLS_1_2, CompressionMethod, ExtensionType
-from .errors import DecodeError, HandshakeFailure
+from .constants import DTLS_1_2, MAX_PLAINTEXT, MIN_RECORD_SIZE_LIMIT, CompressionMethod, ExtensionType
+from .errors import DecodeError, HandshakeFailure, IllegalParameter
 
 Extensions = list[tuple[int, bytes]]
 _HH = struct.Struct(">HH")
@@ -180,3 +180,50 @@ def pull_finished(buf: Buffer) -> bytes:
 def _done(buf: Buffer) -> None:
     if not buf.eof():
         raise BufferReadError("trailing bytes in handshake message")
+
+
+def pull_connection_id(data: bytes) -> bytes:
+    """The connection_id extension (RFC 9146 section 3): ``opaque cid<0..2^8-1>``."""
+    buf = Buffer(data)
+    cid = buf.pull_vector(1)
+    _done(buf)
+    return cid
+
+
+def connection_id_extension(cid: bytes) -> tuple[int, bytes]:
+    return ExtensionType.CONNECTION_ID, bytes((len(cid),)) + cid
+
+
+def pull_record_size_limit(data: bytes) -> int:
+    """The record_size_limit extension (RFC 8449): a uint16 of at least 64; larger than TLS 1.2's 2^14 counts
+    as 2^14 (section 4)."""
+    buf = Buffer(data)
+    limit = buf.pull_uint16()
+    _done(buf)
+    if limit < MIN_RECORD_SIZE_LIMIT:
+        raise IllegalParameter(f"record_size_limit of {limit} bytes is below {MIN_RECORD_SIZE_LIMIT}")
+    return min(limit, MAX_PLAINTEXT)
+
+
+def record_size_limit_extension(limit: int) -> tuple[int, bytes]:
+    return ExtensionType.RECORD_SIZE_LIMIT, limit.to_bytes(2, "big")
+
+
+@dataclass(slots=True)
+class NewSessionTicket:
+    """RFC 5077 section 3.3."""
+
+    lifetime_hint: int
+    ticket: bytes
+
+
+def pull_new_session_ticket(buf: Buffer) -> NewSessionTicket:
+    hint = buf.pull_uint32()
+    ticket = buf.pull_vector(2)
+    _done(buf)
+    return NewSessionTicket(lifetime_hint=hint, ticket=ticket)
+
+
+def push_new_session_ticket(w: Writer, m: NewSessionTicket) -> None:
+    w.push_uint32(m.lifetime_hint)
+    w.push_vector(2, m.ticket)

@@ -30,7 +30,14 @@ from .connection import DTLSConnection
 from .constants import DTLS_1_0, ContentType, HandshakeType
 from .cookie import COOKIE_LEN, CookieJar, hello_without_cookie
 from .errors import AlertError, DTLSError
-from .events import ConnectionTerminated, DataReceived, Event, HandshakeCompleted, ReplacementFailed
+from .events import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    HandshakeCompleted,
+    PeerAddressChanged,
+    ReplacementFailed,
+)
 from .fairness import HandshakeSlots, SessionTable, network_of
 from .handshake import State
 from .logs import identity_text, where
@@ -38,6 +45,8 @@ from .messages import ClientHello, HelloVerifyRequest, pull_client_hello, push_h
 from .ratelog import RateLimitedLog
 from .reassembly import Fragment, _Partial, message_header, parse_fragments
 from .record import MAX_SEQ, encode_plain, split_records
+from .resumption import SessionCache, TicketKeys
+from .server_context import ServerContext
 
 Address = Hashable
 MAX_PARTIAL_HELLOS = 64
@@ -52,9 +61,10 @@ DEFAULT_SERVER_IDLE_TIMEOUT = 24 * 3600.0
 _PROGRESS = {State.SERVER_WAIT_CKE: 0, State.SERVER_WAIT_CLIENT_CERTIFICATE: 0, State.SERVER_WAIT_CKE_AUTH: 1,
              State.SERVER_WAIT_CERTIFICATE_VERIFY: 2, State.SERVER_WAIT_FINISHED: 3}
 _HANDSHAKE = int(ContentType.HANDSHAKE)
+_TLS12_CID = bytes((ContentType.TLS12_CID,))
 _CLIENT_HELLO = int(HandshakeType.CLIENT_HELLO)
 _STATS = ("hello_verify_sent", "dropped_full", "dropped_per_ip", "dropped_invalid", "dropped_oversize",
-          "handshakes_evicted",
+          "dropped_unknown_cid", "cid_exhausted", "address_changes", "handshakes_evicted",
           "replacements_started", "replacements_failed", "sessions_replaced", "sessions_evicted_identity",
           "sessions_evicted_anonymous", "sessions_evicted_full", "sessions_refused_full")
 
@@ -93,7 +103,8 @@ class DTLSServer:
 
     def __init__(self, config: DTLSConfiguration, *, max_sessions: int = 10000, max_handshakes: int = 100,
                  max_handshakes_per_ip: int | None = None, max_sessions_per_identity: int | None = 1,
-                 max_anonymous_per_ip: int | None = 4, max_datagram: int | None = None) -> None:
+                 max_anonymous_per_ip: int | None = 4, max_datagram: int | None = None,
+                 session_cache: int = 1000, ticket_keys: TicketKeys | None = None) -> None:
         if config.is_client:
             raise ValueError("DTLSServer needs a server configuration (is_client=False)")
         config.validate()
@@ -103,6 +114,8 @@ class DTLSServer:
                             ("max_anonymous_per_ip", max_anonymous_per_ip), ("max_datagram", max_datagram)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if session_cache < 0:
+            raise ValueError("session_cache must not be negative (0: no session IDs)")
         self._config = server_configuration(config)
         self._cookies = CookieJar(config.random(32), config.cookie_lifetime)
         self._dummy_psk_key = config.random(32)
@@ -114,6 +127,13 @@ class DTLSServer:
         self.max_datagram = max_datagram
         #: The current association of each address: an established session or a handshake.
         self.connections: dict[Address, DTLSConnection] = {}
+        #: Connections by the connection ID (RFC 9146) their peer puts in its records.
+        self._by_cid: dict[bytes, DTLSConnection] = {}
+        self._cid_len = self._config.cid_length or 0
+        #: Resumption: the session-ID cache (``None``: no session IDs) and the ticket keys (``None``: no tickets).
+        self.session_cache = SessionCache(session_cache, config.session_lifetime) if session_cache else None
+        self.ticket_keys = ticket_keys
+        self._context = ServerContext(self.session_cache, ticket_keys, self._new_cid)
         #: A second handshake from the address of an established session, until its Finished verifies.
         self._successors: dict[Address, DTLSConnection] = {}
         self._slots: HandshakeSlots[DTLSConnection] = HandshakeSlots(
@@ -157,6 +177,9 @@ class DTLSServer:
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         if self.max_datagram is not None and len(data) > self.max_datagram:
             self.stats["dropped_oversize"] += 1
+            return
+        if self._cid_len and data[:1] == _TLS12_CID:
+            self._route_by_cid(data, addr, now)
             return
         conn = self.connections.get(addr)
         if conn is not None and not self._is_client_hello(data):
@@ -213,6 +236,11 @@ class DTLSServer:
                     conn.fail(error)
                 self._collect(conn, 0.0)
 
+    def forget_sessions(self, identity: bytes) -> int:
+        """Revocation: drop the cached sessions of ``identity`` so that it cannot resume them; returns how many.
+        Tickets need nothing: a server resumes one only while its identity still has the same key."""
+        return self.session_cache.purge_identity(identity) if self.session_cache is not None else 0
+
     def close_all(self) -> None:
         for addr in list(self.connections) + list(self._successors):
             self.close(addr)
@@ -223,6 +251,59 @@ class DTLSServer:
         """A plaintext (epoch 0) handshake record that carries a ClientHello (or a fragment of one)."""
         return len(data) >= 25 and data[0] == _HANDSHAKE and data[3:5] == b"\x00\x00" and \
             data[13] == _CLIENT_HELLO
+
+    def _new_cid(self, length: int) -> bytes | None:
+        """A random CID no live connection of this front uses (it says nothing about the session)."""
+        if length == 0:
+            return b""
+        for _ in range(8):
+            cid = self._config.random(length)
+            if cid not in self._by_cid:
+                return cid
+        self.stats["cid_exhausted"] += 1
+        return None
+
+    def _route_by_cid(self, data: bytes, addr: Address, now: float) -> None:
+        """A tls12_cid record: to the connection that owns the CID, wherever it comes from. An authenticated
+        record newer than any before from another address moves the session there (RFC 9146 section 6); a
+        replayed or older record, or one that does not authenticate, moves nothing."""
+        conn = self._by_cid.get(data[11 : 11 + self._cid_len])
+        if conn is None:
+            self.stats["dropped_unknown_cid"] += 1
+            return
+        if conn.peer == addr or not conn.is_established or self.connections.get(conn.peer) is not conn:
+            conn.receive_datagram(data, now)
+            self._collect(conn, now)
+            return
+        top = conn.read_window_state()[0]
+        conn.receive_datagram(data, now)
+        if conn.read_window_state()[0] > top and not conn.is_closed:
+            self._move(conn, addr, now)
+        self._collect(conn, now)
+
+    def _move(self, conn: DTLSConnection, new: Address, now: float) -> None:
+        old = conn.peer
+        while (occupant := self._successors.get(new) or self.connections.get(new)) is not None:
+            # the previous user of the address (a NAT gave it to this device) is unreachable there now
+            if occupant.is_closed:
+                self._forget(occupant)
+            else:
+                self._drop_handshake(occupant, now, SessionEvicted("its address was taken by a moving session"))
+        del self.connections[old]
+        self._armed.pop((old, False), None)
+        successor = self._successors.pop(old, None)
+        if successor is not None:  # a handshake beside the session stays at the old address, on its own now
+            self.connections[old] = successor
+            when = self._armed.pop((old, True), None)
+            if when is not None:
+                self._armed[(old, False)] = when
+                heapq.heappush(self._heap, (when, next(self._counter), old, False))
+        conn.peer = new
+        self.connections[new] = conn
+        self.stats["address_changes"] += 1
+        if self._debug.getEffectiveLevel() <= logging.DEBUG:
+            self._debug.debug("server: session %s (%s) moved to %s", _where(old), _identity_text(conn), _where(new))
+        self._events.append((new, PeerAddressChanged(old)))
 
     def _route_beside_successor(self, data: bytes, now: float, conn: DTLSConnection,
                                 successor: DTLSConnection) -> None:
@@ -292,7 +373,10 @@ class DTLSServer:
         # the HelloVerifyRequest already sent.
         received = 2 * len(data) - len(hello.cookie)
         sent = HELLO_VERIFY_LEN if self._config.cookies else 0
-        conn.accept(hello, body, msg_seq, rec_seq, now, self._dummy_psk_key, received=received, sent=sent)
+        conn.accept(hello, body, msg_seq, rec_seq, now, self._dummy_psk_key, received=received, sent=sent,
+                    context=self._context)
+        if conn.connection_id and not conn.is_closed:
+            self._by_cid[conn.connection_id] = conn
         self._collect(conn, now)
 
     def _take_slot(self, addr: Address, now: float) -> bool:
@@ -345,6 +429,9 @@ class DTLSServer:
                     heapq.heappush(self._heap, (when, next(self._counter), addr, False))
         self._slots.discard(conn)
         self._sessions.discard(conn)
+        cid = conn.connection_id
+        if cid and self._by_cid.get(cid) is conn:
+            del self._by_cid[cid]
 
     def _collect(self, conn: DTLSConnection, now: float) -> None:
         addr = conn.peer

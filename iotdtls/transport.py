@@ -10,7 +10,7 @@ from __future__ import annotations
 from logging import DEBUG
 
 from .config import DTLSConfiguration
-from .constants import AlertDescription, AlertLevel, ContentType
+from .constants import MAX_PLAINTEXT, AlertDescription, AlertLevel, ContentType
 from .errors import InternalError
 from .logs import CONNECTION_LOG, HANDSHAKE_LOG, alert_text, endpoint, flight_text
 from .reassembly import OutMessage, pack_flight
@@ -20,9 +20,10 @@ from .replay import ReplayWindow
 
 class RecordLayer:
     __slots__ = (
-        "_amp_limit", "_amp_next", "_amp_received", "_amp_sent", "_config", "_flight", "_flight_attempt", "_last_sent",
-        "_next_read_cipher", "_out", "_read_cipher", "_read_epoch", "_timeout", "_timer_at", "_windows",
-        "_write_cipher", "_write_epoch", "_write_seq", "amplification_blocked", "flights_sent", "retransmissions",
+        "_amp_limit", "_amp_next", "_amp_received", "_amp_sent", "_cid", "_cid_on", "_config", "_flight",
+        "_flight_attempt", "_last_sent", "_next_read_cipher", "_out", "_peer_cid", "_peer_record_limit",
+        "_read_cipher", "_read_epoch", "_record_limit", "_timeout", "_timer_at", "_windows", "_write_cipher",
+        "_write_epoch", "_write_seq", "amplification_blocked", "flights_sent", "retransmissions",
     )
 
     def __init__(self, config: DTLSConfiguration) -> None:
@@ -34,6 +35,15 @@ class RecordLayer:
         self._read_cipher: CipherState | None = None
         self._next_read_cipher: CipherState | None = None
         self._windows = [ReplayWindow(config.replay_window), ReplayWindow(config.replay_window)]
+        # Connection ID (RFC 9146): the CID we receive with (what the peer puts in its records) and the one we
+        # put in ours; empty in a direction without one. ``_cid_on``: the extension was negotiated.
+        self._cid = b""
+        self._peer_cid = b""
+        self._cid_on = False
+        # record_size_limit (RFC 8449), once both sides sent it: the largest plaintext we accept in a protected
+        # record, and the largest we may send.
+        self._record_limit = MAX_PLAINTEXT + 1
+        self._peer_record_limit = MAX_PLAINTEXT
         self._out: list[bytes] = []
         self._flight: list[OutMessage] = []
         self._flight_attempt = 0  # retransmissions of the current flight, for the log
@@ -62,11 +72,16 @@ class RecordLayer:
         cipher = self._write_cipher
         if cipher is None:
             raise InternalError("no keys for epoch 1")
+        if self._peer_cid:
+            return cipher.protect_cid(content_type, (epoch << 48) | seq, payload, self._peer_cid,
+                                      self._config.cid_padding, self._peer_record_limit)
         return cipher.protect(content_type, (epoch << 48) | seq, payload)
 
     def _overhead(self, epoch: int) -> int:
         if epoch == 0 or self._write_cipher is None:
             return 0
+        if self._peer_cid:
+            return self._write_cipher.overhead + len(self._peer_cid) + 1
         return self._write_cipher.overhead
 
     def _send_alert(self, level: AlertLevel, description: AlertDescription) -> None:

@@ -257,12 +257,16 @@ def test_close_notify_from_server() -> None:
 # Wire size, fragmentation, reordering
 
 
-@pytest.mark.parametrize(("coalesce", "sizes"), [
-    (False, [77, 44, 93, 99, 98, 67]),  # the default: one record per handshake message (tinydtls needs it)
-    (True, [77, 44, 93, 86, 98, 67]),  # ServerHello and ServerHelloDone share a record
+@pytest.mark.parametrize(("coalesce", "cache", "sizes"), [
+    # the default: one record per handshake message (tinydtls needs it), and an 8-byte session ID in the
+    # ServerHello for resumption (docs/sleepy-devices.md)
+    (False, 1000, [77, 44, 93, 107, 98, 67]),
+    (True, 1000, [77, 44, 93, 94, 98, 67]),  # ServerHello and ServerHelloDone share a record
+    (False, 0, [77, 44, 93, 99, 98, 67]),  # no session cache: no session ID
 ])
-def test_wire_size_with_cookie_and_ems(coalesce: bool, sizes: list[int]) -> None:
-    pair = Pair(client_kw={"coalesce_records": coalesce}, server_kw={"coalesce_records": coalesce})
+def test_wire_size_with_cookie_and_ems(coalesce: bool, cache: int, sizes: list[int]) -> None:
+    pair = Pair(client_kw={"coalesce_records": coalesce}, server_kw={"coalesce_records": coalesce},
+                session_cache=cache)
     pair.handshake()
     assert pair.client.is_established and pair.client._use_ems
     assert [d for d, _ in pair.wire] == ["c2s", "s2c", "c2s", "s2c", "c2s", "s2c"]

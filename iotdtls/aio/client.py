@@ -10,6 +10,8 @@ from ..config import DTLSConfiguration
 from ..connection import DTLSConnection
 from ..errors import ConnectionClosed, ConnectionRefused, DTLSError
 from ..events import ConnectionTerminated, DataReceived, HandshakeCompleted
+from ..handshake import State
+from ..resumption import Session
 from ..trust import PeerCredential
 from .liveness import HandshakeProgress, ProgressCallback, RefusalCounter, log
 from .queue import DataQueue
@@ -20,8 +22,9 @@ class ClientSession(asyncio.DatagramProtocol):
     refusals of two separate transmissions end it with :class:`~iotdtls.errors.ConnectionRefused`)."""
 
     def __init__(self, config: DTLSConfiguration, *, host: str = "", port: int = 0,
-                 on_progress: ProgressCallback | None = None) -> None:
+                 on_progress: ProgressCallback | None = None, session: Session | None = None) -> None:
         self.connection = DTLSConnection(config)
+        self._offer = session
         self._loop = asyncio.get_running_loop()
         self._host, self._port = host, port
         self._refusals = RefusalCounter(config.retransmit_initial / 2)
@@ -41,10 +44,31 @@ class ClientSession(asyncio.DatagramProtocol):
         """The server's verified raw public key or certificate chain (public-key suites)."""
         return self.connection.peer_credential
 
+    @property
+    def session(self) -> Session | None:
+        """What to keep to resume this session on a later :func:`connect` (``session=``); secret, like a key."""
+        return self.connection.session
+
+    @property
+    def resumed(self) -> bool:
+        """The handshake was abbreviated: it resumed the session offered to :func:`connect`."""
+        return self.connection.resumed
+
+    async def rebind(self, local_addr: tuple[str, int] | None = None) -> None:
+        """Go on from a new UDP socket (a new source port, as after a NAT rebinding), without a word to the
+        server and without a new handshake. The server follows only with a connection ID (RFC 9146)."""
+        old = self._transport
+        self._transport = None
+        if old is not None:
+            old.close()
+        await self._loop.create_datagram_endpoint(lambda: self, remote_addr=(self._host, self._port),
+                                                  local_addr=local_addr)
+
     # -- DatagramProtocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
-        self.connection.connect(self._loop.time())
+        if self.connection.state is State.CLIENT_START:
+            self.connection.connect(self._loop.time(), self._offer)
         self._pump()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
@@ -64,6 +88,8 @@ class ClientSession(asyncio.DatagramProtocol):
             self._loop.call_soon(self._pump)  # may be inside _pump's sendto: report the end from the loop
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is None:
+            return  # the socket that rebind() replaced
         self._data.close(exc or ConnectionClosed("socket closed"))
 
     # -- session API -----------------------------------------------------------------------------
@@ -127,10 +153,12 @@ class _Connector:
     """Awaitable and async context manager returned by :func:`connect`."""
 
     def __init__(self, host: str, port: int, config: DTLSConfiguration,
-                 local_addr: tuple[str, int] | None, on_progress: ProgressCallback | None) -> None:
+                 local_addr: tuple[str, int] | None, on_progress: ProgressCallback | None,
+                 session: Session | None = None) -> None:
         self._args = (host, port, config)
         self._local_addr = local_addr
         self._on_progress = on_progress
+        self._offer = session
         self._session: ClientSession | None = None
 
     async def _open(self) -> ClientSession:
@@ -139,7 +167,7 @@ class _Connector:
         config = config.for_host(host)  # a CA-issued server certificate must name the host we connect to
         loop = asyncio.get_running_loop()
         transport, session = await loop.create_datagram_endpoint(
-            lambda: ClientSession(config, host=host, port=port, on_progress=self._on_progress),
+            lambda: ClientSession(config, host=host, port=port, on_progress=self._on_progress, session=self._offer),
             remote_addr=(host, port), local_addr=self._local_addr)  # connected: ICMP errors get reported
         try:
             await session._handshake
@@ -161,7 +189,8 @@ class _Connector:
 
 
 def connect(host: str, port: int, config: DTLSConfiguration, *,
-            local_addr: tuple[str, int] | None = None, on_progress: ProgressCallback | None = None) -> _Connector:
+            local_addr: tuple[str, int] | None = None, on_progress: ProgressCallback | None = None,
+            session: Session | None = None) -> _Connector:
     """Open a DTLS client session; completes when the handshake has. Raises the handshake's error
     (an :class:`~iotdtls.errors.AlertError` or :class:`~iotdtls.errors.HandshakeTimeout`) on failure, and
     :class:`~iotdtls.errors.ConnectionRefused` within about ``retransmit_initial`` seconds (one
@@ -170,7 +199,9 @@ def connect(host: str, port: int, config: DTLSConfiguration, *,
     ``on_progress`` is called with one line per handshake retransmission ("handshake with HOST:PORT: no
     answer yet, retrying (2/17)"); without it the line is logged at INFO on the ``iotdtls.aio`` logger.
     With CA certificates in ``config.trust`` and no ``server_name`` set there, the server certificate must name
-    ``host`` (a DNS name or IP address in its subjectAltName)."""
+    ``host`` (a DNS name or IP address in its subjectAltName).
+    ``session``: an earlier session's :attr:`ClientSession.session`, offered for an abbreviated handshake
+    (:attr:`ClientSession.resumed` tells whether the server took it)."""
     if not isinstance(config, DTLSConfiguration):
         raise DTLSError("connect() needs a DTLSConfiguration")
-    return _Connector(host, port, config, local_addr, on_progress)
+    return _Connector(host, port, config, local_addr, on_progress, session)

@@ -10,7 +10,14 @@ from typing import Any, cast
 
 from ..config import DTLSConfiguration
 from ..errors import ConnectionClosed
-from ..events import ConnectionTerminated, DataReceived, HandshakeCompleted, ReplacementFailed
+from ..events import (
+    ConnectionTerminated,
+    DataReceived,
+    HandshakeCompleted,
+    PeerAddressChanged,
+    ReplacementFailed,
+)
+from ..resumption import TicketKeys
 from ..server import DTLSServer
 from ..trust import PeerCredential
 from .queue import DataQueue
@@ -104,6 +111,11 @@ class Server(asyncio.DatagramProtocol):
                     session._data.put(event.data)
             elif isinstance(event, HandshakeCompleted):
                 self._open_session(addr, event)
+            elif isinstance(event, PeerAddressChanged):
+                moved = self._sessions.pop(event.previous, None)
+                if moved is not None:
+                    moved.peer = addr
+                    self._sessions[addr] = moved
             elif isinstance(event, ConnectionTerminated):
                 session = self._sessions.pop(addr, None)
                 if session is not None:
@@ -170,16 +182,18 @@ class Server(asyncio.DatagramProtocol):
 async def serve(host: str, port: int, config: DTLSConfiguration, handler: SessionHandler | None = None, *,
                 max_sessions: int = 10000, max_handshakes: int = 100, max_handshakes_per_ip: int | None = None,
                 max_sessions_per_identity: int | None = 1, max_anonymous_per_ip: int | None = 4,
-                max_datagram: int | None = None, receive_buffer: int = DEFAULT_RECEIVE_BUFFER) -> Server:
+                max_datagram: int | None = None, receive_buffer: int = DEFAULT_RECEIVE_BUFFER,
+                session_cache: int = 1000, ticket_keys: TicketKeys | None = None) -> Server:
     """Serve DTLS on ``(host, port)``. Each authenticated peer becomes a :class:`ServerSession`, passed to
     ``handler`` (a function or coroutine function) or, without one, yielded by ``async for`` on the server.
     Handshake and idle timeouts come from ``config``; the limits are those of :class:`~iotdtls.DTLSServer`.
-    ``receive_buffer`` is the UDP socket buffer asked of the kernel (0: the system default)."""
+    ``receive_buffer`` is the UDP socket buffer asked of the kernel (0: the system default). Resumption:
+    ``session_cache`` session IDs are kept (0: none), and with ``ticket_keys`` RFC 5077 tickets are issued."""
     config.is_client = False
     limits: dict[str, Any] = {
         "max_sessions": max_sessions, "max_handshakes": max_handshakes, "max_handshakes_per_ip": max_handshakes_per_ip,
         "max_sessions_per_identity": max_sessions_per_identity, "max_anonymous_per_ip": max_anonymous_per_ip,
-        "max_datagram": max_datagram,
+        "max_datagram": max_datagram, "session_cache": session_cache, "ticket_keys": ticket_keys,
     }
     loop = asyncio.get_running_loop()
     transport, server = await loop.create_datagram_endpoint(lambda: Server(config, handler, limits),

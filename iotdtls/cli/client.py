@@ -30,6 +30,7 @@ from .common import (
 )
 from .progress import progress_printer
 from .runtime import StdoutClosed, silence_stdout
+from .session_file import load_session, report_session
 
 PROG = "iotdtls-client"
 
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--psk", metavar="HEX", help="the pre-shared key in hex (never logged)")
     p.add_argument("--linger", type=non_negative_float, default=1.0, metavar="S",
                    help="keep receiving S seconds after stdin ends (default 1)")
+    p.add_argument("--session", metavar="FILE",
+                   help="session resumption: offer the session saved in FILE (if it exists), and save this one "
+                   "there after the handshake (mode 0600: it holds the session's master secret)")
     add_common(p)
     add_public_key(p, server=False)
     add_standard(p)
@@ -62,10 +66,14 @@ async def printer(session: ClientSession) -> None:
 
 
 async def run(args: argparse.Namespace, config: DTLSConfiguration) -> int:
+    offer = load_session(args.session) if args.session else None
     try:
-        session = await connect(args.host, args.port, config, on_progress=progress_printer(PROG, args))
+        session = await connect(args.host, args.port, config, on_progress=progress_printer(PROG, args),
+                                session=offer)
     except (DTLSError, OSError) as exc:
         fail(describe_error(exc), 1, "iotdtls-client")
+    if args.session:
+        report_session(args.session, session, offer)
     loop = asyncio.get_running_loop()
     reader = asyncio.ensure_future(printer(session))
     status = 0
@@ -109,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
                                    psk_identity=args.psk_identity.encode() if args.psk_identity else None,
                                    psk=parse_hex(args.psk, "--psk") if args.psk else None)
         register_secrets([config.psk] if config.psk else [])
+        if args.session:
+            config.session_tickets = True  # a ticket survives a server restart; a cached session ID does not
         apply_public_key(config, args)
         apply_common(config, args)
         return asyncio.run(run(args, config))

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import NoReturn, TextIO, TypeVar
 
 from ..config import DTLSConfiguration
+from ..constants import MAX_CID_LEN, MAX_PLAINTEXT, MIN_RECORD_SIZE_LIMIT
 from .runtime import (
     ToolParser,
     UsageError,
@@ -38,6 +39,11 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                         help="retransmission timeout cap (default 8)")
     parser.add_argument("--handshake-timeout", type=seconds, metavar="S",
                         help="give up the handshake after S seconds (default 120)")
+    parser.add_argument("--cid", type=cid_length, metavar="N",
+                        help="connection ID (RFC 9146): ask the peer to send a CID of N bytes (0-20; 0: send one "
+                        "if the peer wants it, need none); default: no connection ID")
+    parser.add_argument("--record-size-limit", type=record_size_limit, metavar="BYTES",
+                        help="RFC 8449: the largest record plaintext to accept (64-16384); default: not sent")
 
 
 def apply_common(config: DTLSConfiguration, args: argparse.Namespace) -> TextIO | None:
@@ -51,6 +57,10 @@ def apply_common(config: DTLSConfiguration, args: argparse.Namespace) -> TextIO 
         config.retransmit_max = config.retransmit_initial
     if args.handshake_timeout is not None:
         config.handshake_timeout = args.handshake_timeout
+    if args.cid is not None:
+        config.cid_length = args.cid
+    if args.record_size_limit is not None:
+        config.record_size_limit = args.record_size_limit
     keylog = None
     if args.keylog:
         try:
@@ -121,6 +131,21 @@ def apply_public_key(config: DTLSConfiguration, args: argparse.Namespace) -> Non
         if config.is_client:
             config.trust.server_name = args.server_name or args.host
     config.require_client_auth = bool(getattr(args, "require_client_auth", False))
+
+
+def cid_length(text: str) -> int:
+    return _int_in_range(text, 0, MAX_CID_LEN, "a connection ID length")
+
+
+def record_size_limit(text: str) -> int:
+    return _int_in_range(text, MIN_RECORD_SIZE_LIMIT, MAX_PLAINTEXT, "a record size limit")
+
+
+def _int_in_range(text: str, low: int, high: int, what: str) -> int:
+    value = _int_at_least(text, low, what)
+    if value > high:
+        raise argparse.ArgumentTypeError(f"{what} must be {low} to {high}, not {value}")
+    return value
 
 
 def positive_int(text: str) -> int:

@@ -12,7 +12,8 @@ from ..aio import ServerSession, serve
 from ..aio.sockbuf import DEFAULT_RECEIVE_BUFFER
 from ..config import DTLSConfiguration
 from ..constants import CipherSuite
-from ..errors import DTLSError
+from ..errors import DecodeError, DTLSError
+from ..resumption import TicketKeys
 from .common import (
     ToolParser,
     UsageError,
@@ -48,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--psk-file", metavar="FILE", help="identity:hexkey per line")
     p.add_argument("--psk-hint", metavar="TEXT", help="PSK identity hint (sends ServerKeyExchange)")
     limits = p.add_argument_group("limits (docs/resources.md)")
+    resume = p.add_argument_group("session resumption (docs/sleepy-devices.md)")
+    resume.add_argument("--session-cache", type=non_negative_int, default=1000, metavar="N",
+                        help="keep N sessions for resumption by session ID (default 1000; 0: none)")
+    resume.add_argument("--ticket-key-file", metavar="FILE",
+                        help="issue RFC 5077 session tickets, sealed with keys kept in FILE (created 0600 if "
+                        "missing), so that clients resume across restarts")
     limits.add_argument("--max-sessions", type=positive_int, default=10000, metavar="N",
                         help="established sessions; beyond, the least recently active is closed (default 10000)")
     limits.add_argument("--max-handshakes", type=positive_int, default=100, metavar="N",
@@ -69,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_public_key(p, server=True)
     add_standard(p)
     return p
+
+
+def load_ticket_keys(args: argparse.Namespace, config: DTLSConfiguration) -> TicketKeys | None:
+    if not args.ticket_key_file:
+        return None
+    config.session_tickets = True
+    try:
+        return TicketKeys.load_or_create(args.ticket_key_file, config.random, config.wall_time(),
+                                         lifetime=max(config.session_lifetime, 1.0))
+    except OSError as exc:
+        raise UsageError(f"cannot use ticket key file {args.ticket_key_file}: {exc.strerror}") from None
+    except (DecodeError, ValueError):
+        raise UsageError(f"{args.ticket_key_file} is not a ticket key file") from None
 
 
 def log(message: str) -> None:
@@ -96,7 +116,12 @@ async def run(args: argparse.Namespace, config: DTLSConfiguration) -> None:
             conn = server.core.connections.get(peer)
             suite = CipherSuite(conn.cipher_suite).name if conn else "?"
             assert identity is not None
-            log(f"{where}: handshake complete, identity={identity.decode(errors='replace')!r}, suite={suite}")
+            extra = ""
+            if conn is not None and conn.resumed:
+                extra += ", resumed"
+            if conn is not None and conn.connection_id is not None:
+                extra += f", cid={conn.connection_id.hex() or '-'}/{(conn.peer_connection_id or b'').hex() or '-'}"
+            log(f"{where}: handshake complete, identity={identity.decode(errors='replace')!r}, suite={suite}{extra}")
         else:
             text = describe_error(error, peer="client")
             text = text if text.startswith("handshake failed") else "handshake failed: " + text
@@ -110,7 +135,8 @@ async def run(args: argparse.Namespace, config: DTLSConfiguration) -> None:
                              max_handshakes=args.max_handshakes, max_handshakes_per_ip=args.max_handshakes_per_ip,
                              max_sessions_per_identity=args.max_sessions_per_identity or None,
                              max_anonymous_per_ip=args.max_anonymous_per_ip or None,
-                             max_datagram=args.max_datagram, receive_buffer=args.receive_buffer)
+                             max_datagram=args.max_datagram, receive_buffer=args.receive_buffer,
+                             session_cache=args.session_cache, ticket_keys=load_ticket_keys(args, config))
     except OSError as exc:
         raise UsageError(f"cannot bind {args.host}:{args.port}: {exc.strerror}") from None
     server.on_handshake = on_handshake

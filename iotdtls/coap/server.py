@@ -22,7 +22,8 @@ from aiocoap.util import hostportjoin
 from ..aio.sockbuf import DEFAULT_RECEIVE_BUFFER, set_receive_buffer
 from ..config import DTLSConfiguration
 from ..errors import AlertError
-from ..events import ConnectionTerminated, DataReceived, Event, HandshakeCompleted
+from ..events import ConnectionTerminated, DataReceived, Event, HandshakeCompleted, PeerAddressChanged
+from ..resumption import TicketKeys
 from ..server import DTLSServer
 from ..trust import PeerCredential
 from .credentials import claims_for
@@ -91,6 +92,7 @@ class IotdtlsServerTransport(interfaces.MessageInterface, asyncio.DatagramProtoc
 
     def __init__(self, mman: Any, config: DTLSConfiguration, credentials: CredentialsMap, log: logging.Logger,
                  *, max_sessions: int, max_handshakes: int, limits: ServerLimits | None = None,
+                 ticket_keys: TicketKeys | None = None, session_cache: int = 1000,
                  **fairness: int | None) -> None:
         self._mman = mman
         self._credentials = credentials
@@ -98,7 +100,8 @@ class IotdtlsServerTransport(interfaces.MessageInterface, asyncio.DatagramProtoc
         self.limits = limits = limits or ServerLimits()
         limits.validate()
         self.core = DTLSServer(config, max_sessions=max_sessions, max_handshakes=max_handshakes,
-                               max_datagram=limits.datagram_limit(config.mtu), **fairness)
+                               max_datagram=limits.datagram_limit(config.mtu), ticket_keys=ticket_keys,
+                               session_cache=session_cache, **fairness)
         self._precheck_stats = dict.fromkeys(PRECHECK_COUNTERS, 0)
         self._block_exp = block_size_exp_for_mtu(config.mtu)
         self._remotes: dict[Address, ServerRemote] = {}
@@ -116,10 +119,11 @@ class IotdtlsServerTransport(interfaces.MessageInterface, asyncio.DatagramProtoc
     async def create(cls, mman: Any, bind: tuple[str, int] | None, config: DTLSConfiguration,
                      credentials: CredentialsMap, log: logging.Logger, *, max_sessions: int = 10000,
                      max_handshakes: int = 1000, receive_buffer: int = DEFAULT_RECEIVE_BUFFER,
-                     limits: ServerLimits | None = None, **fairness: int | None) -> IotdtlsServerTransport:
+                     limits: ServerLimits | None = None, ticket_keys: TicketKeys | None = None,
+                     session_cache: int = 1000, **fairness: int | None) -> IotdtlsServerTransport:
         host, port = bind or ("::", COAPS_PORT)
         self = cls(mman, config, credentials, log, max_sessions=max_sessions, max_handshakes=max_handshakes,
-                   limits=limits, **fairness)
+                   limits=limits, ticket_keys=ticket_keys, session_cache=session_cache, **fairness)
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
         sock = transport.get_extra_info("socket")
@@ -239,7 +243,14 @@ class IotdtlsServerTransport(interfaces.MessageInterface, asyncio.DatagramProtoc
                 continue
             if self.on_event is not None:
                 self.on_event(addr, event)
-            if isinstance(event, HandshakeCompleted):
+            if isinstance(event, PeerAddressChanged):
+                # RFC 9146: the session (and the CoAP remote that stands for it) moved to a new address
+                moved = self._remotes.pop(event.previous, None)
+                if moved is not None:
+                    moved.address = addr
+                    self._remotes[addr] = moved
+                    self.log.info("DTLS session %r moved to %s", moved.identity, moved.hostinfo)
+            elif isinstance(event, HandshakeCompleted):
                 old = self._remotes.pop(addr, None)
                 if old is not None:
                     self._end(addr, old, error.LibraryShutdown("Replaced by a new DTLS session"))
