@@ -61,6 +61,14 @@ class CoapsConfig:
     #: The gateway's own private key (PEM/DER), presented as a raw public key to devices that use one; the
     #: devices' keys are pinned in the registry. Without it only PSK devices are served.
     key_file: Path | None = None
+    #: RFC 9146 connection ID the gateway asks devices that offer one to put in their records (bytes; 0: none),
+    #: so that a device's session survives a new address or source port (NAT rebinding, sleep).
+    cid_length: int = 4
+    #: Session resumption: RFC 5077 tickets for devices that ask (sealed with keys kept in the data dir, so they
+    #: survive a restart) and how long a session may be resumed; plus a session-ID cache of this many entries.
+    session_tickets: bool = True
+    session_lifetime: float = 86400.0
+    session_cache: int = 10000
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,11 @@ class GatewayConfig:
         return self.data_dir / "spool.sqlite3"
 
     @property
+    def ticket_keys_path(self) -> Path:
+        """The keys that seal session tickets (0600): a restart keeps them, so devices resume."""
+        return self.data_dir / "ticket-keys.bin"
+
+    @property
     def downlink_path(self) -> Path:
         """The commands waiting for devices, and which configuration each was served."""
         return self.data_dir / "downlink.sqlite3"
@@ -188,6 +201,9 @@ class _Reader:
 
     def number(self, name: str, default: float, lo: float, hi: float) -> float:
         return float(self.get(name, (int, float), default, "a number", _in_range(lo, hi)))
+
+    def boolean(self, name: str, default: bool) -> bool:
+        return self.get(name, bool, default, "true or false")
 
     def text(self, name: str, default: str, check: Callable[[Any], str | None] | None = None) -> str:
         return self.get(name, str, default, "a string", check)
@@ -305,6 +321,10 @@ def _coaps(r: _Reader, base: Path) -> CoapsConfig:
         retransmit_max=r.number("retransmit_max", d.retransmit_max, retransmit_initial, 600),
         max_body=r.integer("max_body", d.max_body, 16, 1 << 20),
         key_file=r.path("key_file", base),
+        cid_length=r.integer("cid_length", d.cid_length, 0, 20),
+        session_tickets=r.boolean("session_tickets", d.session_tickets),
+        session_lifetime=r.number("session_lifetime", d.session_lifetime, 0, 30 * 86400),
+        session_cache=r.integer("session_cache", d.session_cache, 0, 10_000_000),
     )
     r.unknown()
     return out

@@ -81,8 +81,10 @@ def collect(gateway: Gateway) -> dict[str, Any]:
         "devices": {"registered": len(snapshot.devices), "enabled": enabled,
                     "revoked": len(snapshot.devices) - enabled},
         "sessions": {"open": _int(coap.get("sessions"))},
-        "handshakes": {"ok": handshakes.get("ok", 0), "failed": handshakes.get("failed", 0),
-                       "by_suite": _by_suite(stats.handshakes)},
+        "handshakes": {"ok": handshakes.get("ok", 0), "resumed": handshakes.get("resumed", 0),
+                       "failed": handshakes.get("failed", 0), "by_suite": _by_suite(stats.handshakes),
+                       "resumed_by_suite": _by_suite(stats.handshakes, "resumed"),
+                       "address_changes": stats.address_changes},
         "messages": {"received": stored + duplicates + sum(refused_requests.values()),
                      "acknowledged": stored + duplicates, "stored": stored, "duplicates": duplicates,
                      "per_minute": ring, "last_hour": sum(ring)},
@@ -96,11 +98,12 @@ def collect(gateway: Gateway) -> dict[str, Any]:
     }
 
 
-def _by_suite(handshakes: dict[tuple[str, str], int]) -> dict[str, int]:
-    """Completed handshakes by suite, every suite the server can negotiate listed (0 until used)."""
+def _by_suite(handshakes: dict[tuple[str, str], int], which: str = "ok") -> dict[str, int]:
+    """Completed handshakes (full ones, or ``which="resumed"`` abbreviated ones) by suite, every suite the
+    server can negotiate listed (0 until used)."""
     out = dict.fromkeys(SUITES, 0)
     for (outcome, suite), n in handshakes.items():
-        if outcome == "ok":
+        if outcome == which:
             out[suite] = out.get(suite, 0) + n
     return out
 

@@ -56,12 +56,17 @@ def families(f: dict[str, Any]) -> Iterator[Metric]:
     yield devices
     yield _gauge("sessions_open", "Established DTLS sessions.", f["sessions"]["open"])
 
-    handshakes = _counter("handshakes", "DTLS handshakes by outcome and cipher suite (a failed one: suite "
-                          "\"unknown\"; an unknown identity and a wrong key both fail).", labels=["outcome", "suite"])
+    handshakes = _counter("handshakes", "DTLS handshakes by outcome (ok: full, resumed: abbreviated, failed) and "
+                          "cipher suite (a failed one: suite \"unknown\"; an unknown identity and a wrong key both "
+                          "fail).", labels=["outcome", "suite"])
     handshakes.add_metric(["failed", "unknown"], f["handshakes"]["failed"])
     for suite, n in f["handshakes"]["by_suite"].items():
         handshakes.add_metric(["ok", suite], n)
+    for suite, n in f["handshakes"]["resumed_by_suite"].items():
+        handshakes.add_metric(["resumed", suite], n)
     yield handshakes
+    yield _counter("session_moves", "DTLS sessions that moved to a new address or port (RFC 9146 "
+                         "connection ID).", f["handshakes"]["address_changes"])
 
     m = f["messages"]
     yield _counter("messages_received", "Telemetry POSTs answered (acknowledged or refused).", m["received"])

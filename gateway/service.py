@@ -20,9 +20,12 @@ import aiocoap.resource as resource
 
 from iotdtls import AlertDescription, AlertError, DTLSConfiguration, TrustStore
 from iotdtls.coap import server_context, server_transport
-from iotdtls.events import ConnectionTerminated, Event, HandshakeCompleted, ReplacementFailed
+from iotdtls.errors import DecodeError
+from iotdtls.events import ConnectionTerminated, Event, HandshakeCompleted, PeerAddressChanged, ReplacementFailed
 from iotdtls.keys import KeyFileError, load_private_key
 from iotdtls.ratelog import RateLimitedLog
+from iotdtls.resumption import TicketKeys
+from iotdtls.secret_files import write_secret_file
 from iotdtls.trust import PeerCredential
 
 from .config import GatewayConfig
@@ -37,6 +40,9 @@ from .site import Site
 from .spool import Message, SpoolLimits
 from .spool_writer import SpoolWriter
 from .stats import GatewayStats
+
+#: A ticket key seals new tickets for a day; it opens them for the session lifetime after that.
+TICKET_KEY_ROTATION = 86400.0
 
 if TYPE_CHECKING:
     from iotdtls.coap.server import IotdtlsServerTransport
@@ -80,6 +86,8 @@ class Gateway:
         self._background: set[asyncio.Task[None]] = set()
         #: configuration and commands for devices (None until started)
         self.downlink: Downlink | None = None
+        #: The keys that seal session tickets (None: no tickets), kept in the data dir.
+        self.ticket_keys: TicketKeys | None = None
         #: when the next key of the snapshot expires (the watch loop ends its sessions then)
         self._next_expiry = float("inf")
         #: counters and per-device activity for the metrics server (which runs when [metrics] is configured)
@@ -102,6 +110,7 @@ class Gateway:
                                       commit_window=s.commit_window, clock=self._clock, gate=self._gate)
             await self.writer.start()
             dtls = self._dtls_config()
+            self.ticket_keys = await asyncio.to_thread(self._load_ticket_keys, dtls)
         except StartError:
             await self._close_stores()
             raise
@@ -131,7 +140,8 @@ class Gateway:
             self._ctx = await server_context(
                 site, bind=(c.host, c.port), config=dtls, max_sessions=c.max_sessions,
                 max_handshakes=c.max_handshakes, max_sessions_per_identity=c.max_sessions_per_identity or None,
-                max_upload_bytes=max(c.max_body, 1024), loggername="iotdtls_gateway.coap")
+                max_upload_bytes=max(c.max_body, 1024), loggername="iotdtls_gateway.coap",
+                session_cache=c.session_cache, ticket_keys=self.ticket_keys)
         except OSError as exc:
             await self._close_stores()
             raise StartError(f"cannot serve coaps on {c.host}:{c.port}: {exc.strerror or exc}") from None
@@ -175,6 +185,35 @@ class Gateway:
             raise StartError(f"cannot serve metrics on {m.host}:{m.port}: {why}") from None
         self.metrics_server = server
 
+    def _load_ticket_keys(self, dtls: DTLSConfiguration) -> TicketKeys | None:
+        """The keys sealing session tickets, from the data dir (made there, 0600, at the first start)."""
+        c = self.config.coaps
+        if not c.session_tickets or c.session_lifetime < 1:
+            return None
+        path = self.config.ticket_keys_path
+        try:
+            return TicketKeys.load_or_create(path, dtls.random, dtls.wall_time(), rotation=TICKET_KEY_ROTATION,
+                                             lifetime=max(c.session_lifetime, TICKET_KEY_ROTATION))
+        except OSError as exc:
+            raise StartError(f"ticket keys {path}: {exc.strerror}") from None
+        except (DecodeError, ValueError):
+            raise StartError(f"ticket keys {path}: not a ticket key file (move it away to start with new keys: "
+                             "devices then make one full handshake)") from None
+
+    async def _save_ticket_keys(self) -> None:
+        """A ticket key was added (rotation) or retired: keep the file in step, off the event loop."""
+        keys = self.ticket_keys
+        if keys is None or not keys.needs_save:
+            return
+        data = keys.to_bytes()
+        keys.needs_save = False
+        try:
+            await asyncio.to_thread(write_secret_file, self.config.ticket_keys_path, data)
+        except OSError as exc:
+            keys.needs_save = True
+            self._ratelog("ticket_keys", self._clock(), logging.WARNING, "cannot save the ticket keys: %s",
+                          exc.strerror)
+
     def _dtls_config(self) -> DTLSConfiguration:
         c = self.config.coaps
         key = None
@@ -189,7 +228,8 @@ class Gateway:
             is_client=False, psk_store=self._psk, private_key=key,
             trust=TrustStore(callback=self._judge) if key is not None else None, require_client_auth=key is not None,
             mtu=c.mtu, retransmit_initial=c.retransmit_initial, retransmit_max=c.retransmit_max,
-            handshake_timeout=c.handshake_timeout, idle_timeout=c.idle_timeout)
+            handshake_timeout=c.handshake_timeout, idle_timeout=c.idle_timeout,
+            cid_length=c.cid_length or None, session_tickets=c.session_tickets, session_lifetime=c.session_lifetime)
 
     def _stored(self, device: str, msg_id: str, duplicate: bool) -> None:
         self.stats.reading_stored(device)
@@ -248,6 +288,7 @@ class Gateway:
                 elif self._clock() >= self._next_expiry:
                     self._end_invalid_sessions()  # a key's grace period ended: its sessions end with it
                 self._check_pressure()
+                await self._save_ticket_keys()
                 if self.downlink is not None:
                     await self.downlink.sweep()
             except Exception as exc:  # a locked or busy file: the next second; the watch must never stop
@@ -284,6 +325,8 @@ class Gateway:
                      extra=event("session_ended", device=name, addr=remote.hostinfo, reason=why))
             self.stats.session_revoked("revoked" if why == "revoked" else "key_invalid")
             transport.end_session(remote, AlertError(why, description=AlertDescription.access_denied))
+            # nor may it resume: its cached sessions go (a ticket is refused anyway, its key being invalid)
+            transport.core.forget_sessions(remote.identity)
 
     def _first_use(self, kind: str, identity: bytes) -> None:
         """A device authenticated with a credential for the first time: record it (a rotation completes: the
@@ -317,14 +360,20 @@ class Gateway:
         where = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
         if isinstance(ev, HandshakeCompleted):
             device = self._device_of_session(ev)
-            self.stats.handshake_completed(addr, ev.cipher_suite, device)
-            log.info("handshake: device %s from %s (%s)", device or "?", where, "key" if ev.peer else "psk",
-                     extra=event("handshake", device=device, addr=where, credential="key" if ev.peer else "psk"))
+            self.stats.handshake_completed(addr, ev.cipher_suite, device, resumed=ev.resumed)
+            log.info("handshake: device %s from %s (%s%s)", device or "?", where, "key" if ev.peer else "psk",
+                     ", resumed" if ev.resumed else "",
+                     extra=event("handshake", device=device, addr=where, credential="key" if ev.peer else "psk",
+                                 resumed=ev.resumed))
             kind, identity = ("rpk", ev.peer.fingerprint) if ev.peer is not None else ("psk", ev.identity)
             found = self.snapshot.credential(kind, identity)
             if found is not None and found[1].first_used_at is None:
                 self.snapshot.note_used(kind, identity, self._clock())
                 self._first_use(kind, identity)
+        elif isinstance(ev, PeerAddressChanged):
+            self.stats.address_changed(ev.previous, addr)
+            log.debug("session from %s moved to %s", ev.previous, where,
+                      extra=event("address_changed", addr=where))
         elif isinstance(ev, ConnectionTerminated):
             self.stats.connection_ended(addr, failed=ev.error is not None)
         elif isinstance(ev, ReplacementFailed):

@@ -115,8 +115,11 @@ class GatewayStats:
     def __init__(self, clock: Callable[[], float] = time.time, *, max_addresses: int = 1 << 20) -> None:
         self._clock = clock
         self.started_at = clock()
-        #: (outcome, suite) -> handshakes; outcome "ok" or "failed", suite "unknown" for a failed one
+        #: (outcome, suite) -> handshakes; outcome "ok" (full), "resumed" (abbreviated) or "failed", suite
+        #: "unknown" for a failed one
         self.handshakes: dict[tuple[str, str], int] = {}
+        #: sessions that moved to a new address (RFC 9146 connection ID)
+        self.address_changes = 0
         #: sessions the gateway ended, by reason: "revoked" (the device was revoked) or "key_invalid" (its key
         #: was retired by a rotation or its grace period is over)
         self.revocations: dict[str, int] = {"revoked": 0, "key_invalid": 0}
@@ -131,14 +134,21 @@ class GatewayStats:
         return self._clock()
 
     # -- handshakes and sessions -------------------------------------------------------------------
-    def handshake_completed(self, addr: Hashable, suite: int, device: str | None) -> None:
-        key = ("ok", suite_name(suite))
+    def handshake_completed(self, addr: Hashable, suite: int, device: str | None, resumed: bool = False) -> None:
+        key = ("resumed" if resumed else "ok", suite_name(suite))
         self.handshakes[key] = self.handshakes.get(key, 0) + 1
         if len(self._open) >= self._max_addresses:
             self._open.clear()  # out of step with the server (it never is): forget, at worst a miscount
         self._open.add(addr)
         if device is not None:
             self._seen(device, self._clock())
+
+    def address_changed(self, previous: Hashable, addr: Hashable) -> None:
+        """A session with a connection ID moved to a new address (RFC 9146)."""
+        self.address_changes += 1
+        if previous in self._open:
+            self._open.discard(previous)
+            self._open.add(addr)
 
     def connection_ended(self, addr: Hashable, failed: bool) -> None:
         """A DTLS association ended: an established session (not counted here), or a handshake, which counts as
@@ -156,7 +166,7 @@ class GatewayStats:
         self.revocations[reason] = self.revocations.get(reason, 0) + 1
 
     def handshake_totals(self) -> dict[str, int]:
-        out = {"ok": 0, "failed": 0}
+        out = {"ok": 0, "resumed": 0, "failed": 0}
         for (outcome, _), n in self.handshakes.items():
             out[outcome] = out.get(outcome, 0) + n
         return out

@@ -94,7 +94,7 @@ def test_handshake_outcomes_and_the_bounded_address_set() -> None:
     stats.connection_ended(("10.0.0.3", 3), failed=False)  # a handshake the client closed: not counted
     stats.handshake_failed()  # a replacement handshake that failed
     assert stats.handshakes == {("ok", "TLS_PSK_WITH_AES_128_CCM_8"): 1, ("failed", "unknown"): 2}
-    assert stats.handshake_totals() == {"ok": 1, "failed": 2}
+    assert stats.handshake_totals() == {"ok": 1, "resumed": 0, "failed": 2}
     for i in range(10):  # never more than max_addresses remembered
         stats.handshake_completed(("10.0.1.1", i), 0xC0AE, None)
         assert len(stats._open) <= 2
@@ -288,9 +288,10 @@ def test_metrics_match_what_the_devices_did(tmp_path: Path) -> None:
     assert not any("dev-" in v for _, labels in a for _, v in labels)
     # /status.json: the same figures, and the devices
     assert status["messages"]["acknowledged"] == 7 and status["sessions"]["open"] == 3
-    assert status["handshakes"] == {"ok": 3, "failed": 1, "by_suite": {
-        "TLS_PSK_WITH_AES_128_CCM": 0, "TLS_PSK_WITH_AES_128_CCM_8": 3, "TLS_ECDHE_ECDSA_WITH_AES_128_CCM": 0,
-        "TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8": 0}}
+    none = {"TLS_PSK_WITH_AES_128_CCM": 0, "TLS_PSK_WITH_AES_128_CCM_8": 0, "TLS_ECDHE_ECDSA_WITH_AES_128_CCM": 0,
+            "TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8": 0}
+    assert status["handshakes"] == {"ok": 3, "resumed": 0, "failed": 1, "address_changes": 0,
+                                    "by_suite": {**none, "TLS_PSK_WITH_AES_128_CCM_8": 3}, "resumed_by_suite": none}
     assert {r["device"]: (r["session"], r["today"]) for r in status["device_list"]} == {
         "dev-0": ("open", 3), "dev-1": ("open", 2), "dev-2": ("open", 2)}
     assert sum(status["messages"]["per_minute"]) == 7 == status["messages"]["last_hour"]

@@ -21,6 +21,7 @@ from aiocoap.tokenmanager import TokenManager
 from ..aio.liveness import ProgressCallback
 from ..aio.sockbuf import DEFAULT_RECEIVE_BUFFER
 from ..config import DTLSConfiguration
+from ..resumption import TicketKeys
 from .client import ClientSession, IotdtlsClientTransport
 from .credentials import RawPublicKeyCredential, load_credentials, register, server_config
 from .limits import KIB, MIB, ServerLimits
@@ -74,7 +75,8 @@ async def server_context(site: Any, bind: tuple[str, int] | None = None, credent
                          max_block2_per_session: int = 4, block2_bytes_total: int = 8 * MIB,
                          block2_lifetime: float = 93.0, max_observers_per_session: int = 8,
                          con_notification_every: int = 100, con_notification_interval: float = 86400.0,
-                         max_backlog_per_session: int = 32, loggername: str = "coap-server") -> Context:
+                         max_backlog_per_session: int = 32, loggername: str = "coap-server",
+                         session_cache: int = 1000, ticket_keys: TicketKeys | None = None) -> Context:
     """An aiocoap server context serving ``site`` over ``coaps://`` on ``bind`` (default ``("::", 5684)``).
 
     Every PSK (``dtls``) and raw-public-key (``iotdtls-rpk``) entry of ``credentials`` is served at once; a
@@ -84,6 +86,7 @@ async def server_context(site: Any, bind: tuple[str, int] | None = None, credent
     and with ``max_sessions``, ``max_handshakes_per_ip``, ``max_sessions_per_identity`` and
     ``max_anonymous_per_ip`` keeps the DTLS server fair (:class:`~iotdtls.DTLSServer`, docs/resources.md);
     ``receive_buffer`` is the UDP socket buffer asked of the kernel (capped by net.core.rmem_max).
+    Session resumption: ``session_cache`` session IDs (0: none), and RFC 5077 tickets with ``ticket_keys``.
 
     The other keywords bound what sessions can make the server hold (:class:`ServerLimits` describes each;
     ``max_datagram=None`` is 1500 bytes, or the mtu if larger). What each refused is counted in
@@ -111,7 +114,8 @@ async def server_context(site: Any, bind: tuple[str, int] | None = None, credent
     transport = await IotdtlsServerTransport.create(
         mman, bind, dtls, cmap, log, receive_buffer=receive_buffer, limits=limits, max_sessions=max_sessions,
         max_handshakes=max_handshakes, max_handshakes_per_ip=max_handshakes_per_ip,
-        max_sessions_per_identity=max_sessions_per_identity, max_anonymous_per_ip=max_anonymous_per_ip)
+        max_sessions_per_identity=max_sessions_per_identity, max_anonymous_per_ip=max_anonymous_per_ip,
+        session_cache=session_cache, ticket_keys=ticket_keys)
     mman.message_interface = transport
     tman.token_interface = mman
     ctx.request_interfaces.append(tman)
