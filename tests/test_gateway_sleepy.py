@@ -105,7 +105,7 @@ class Device:
                     if reply.mid == self.mid or reply.token == request.token:
                         assert reply.code == CHANGED, reply
                         return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
         raise AssertionError(f"reading {seq} was never acknowledged")
 

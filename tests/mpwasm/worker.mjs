@@ -12,7 +12,8 @@ const version = process.env.MPWASM_MICROPYTHON;
 const { loadMicroPython } = await import(
   version ? `micropython-${version}` : "@micropython/micropython-webassembly-pyscript"
 );
-const { script, scriptArg, scriptDir, paths, args, heap, seed, ctlSab, dataSab, socketShim, heapReport } = workerData;
+const { script, scriptArg, scriptDir, paths, args, heap, seed, ctlSab, dataSab, socketShim, heapReport, fixedHeap } =
+  workerData;
 const ctl = new Int32Array(ctlSab); // [0] = reply ready (0/1), [1] = reply length in bytes
 const data = new Uint8Array(dataSab);
 const decoder = new TextDecoder();
@@ -102,6 +103,48 @@ function gcInfo(mp, collect) {
   return m ? [+m[1], +m[2]] : null;
 }
 
+// --fixed-heap: make the GC heap a real cap, as on a board. This build adds a heap area (malloc) when an
+// allocation fails even after a collection (split heap). Here the WebAssembly memory may no longer grow, and
+// everything malloc can still hand out is taken, but for a few separated holes of RESERVE bytes (the JS <-> Python
+// glue mallocs small strings: the code of each top-level run, socket replies). A new heap area is at least as large
+// as the heap already there (MicroPython doubles it), so it cannot fit in a hole while --heap > RESERVE: the
+// allocation fails and Python raises MemoryError.
+const RESERVE = 16 * 1024;
+const HOLES = 8;
+
+function fixHeap(mp) {
+  if (heap <= 2 * RESERVE) throw new Error(`--fixed-heap needs --heap > ${2 * RESERVE}`);
+  const M = mp._module;
+  WebAssembly.Memory.prototype.grow = () => {
+    throw new RangeError("mpwasm --fixed-heap: the WebAssembly memory may not grow");
+  };
+  const stream = console._stderr;
+  const write = stream.write;
+  stream.write = () => true; // the runtime's "growMemory: ... failed" line while malloc is drained
+  const holes = [];
+  const held = [];
+  try {
+    for (let k = 0; k < 2 * HOLES; k++) holes.push(M._malloc(RESERVE));
+    for (let size = 1 << 24; size >= 8; size >>= 1) {
+      for (let p = M._malloc(size); p; p = M._malloc(size)) held.push(p);
+    }
+  } finally {
+    stream.write = write;
+  }
+  // every other reserved block (in address order) goes back: separated by taken ones, holes do not merge
+  holes.sort((a, b) => a - b);
+  let freed = 0;
+  for (let k = 0; k < holes.length; k += 2) {
+    if (holes[k]) {
+      M._free(holes[k]);
+      freed++;
+    }
+  }
+  if (process.env.MPWASM_DEBUG) {
+    fs.writeSync(2, `mpwasm: fixed heap: ${held.length} more blocks taken, ${freed} holes of ${RESERVE} B\n`);
+  }
+}
+
 function pyStr(s) {
   return JSON.stringify(s); // a JSON string literal is a valid Python string literal for our inputs
 }
@@ -131,6 +174,7 @@ async function main() {
   mkdirs(mp, "/lib");
   mp.FS.writeFile("/lib/socket.py", fs.readFileSync(socketShim));
   mp.registerJsModule("_mpwasm_net", { call: (req) => rpc(req) });
+  if (fixedHeap) fixHeap(mp);
 
   const driver = `
 import sys, os, random
