@@ -260,3 +260,14 @@ def test_wrong_master_secret_fails_cleanly() -> None:
 
 def _fields(session: Session) -> dict[str, object]:
     return {name: getattr(session, name) for name in session.__dataclass_fields__}
+
+
+def test_resume_without_cookie_is_opt_in() -> None:
+    pair, session = full_then_resume()
+    pair.server.resume_without_cookie = True
+    client = reconnect(pair, session)
+    assert client.resumed and [len(d) for _, d in pair.wire] == [83, 149, 67]
+    # a session the front does not know still goes through the cookie exchange
+    unknown = Session(**{**_fields(session), "session_id": b"\x00" * 8})
+    client = reconnect(pair, unknown, seed=9)
+    assert not client.resumed and [len(d) for _, d in pair.wire][:2] == [83, 44]
