@@ -64,6 +64,8 @@ class CoapsConfig:
     #: RFC 9146 connection ID the gateway asks devices that offer one to put in their records (bytes; 0: none),
     #: so that a device's session survives a new address or source port (NAT rebinding, sleep).
     cid_length: int = 4
+    #: RFC 9853: before a session moves, challenge the new address (for devices that offer it).
+    return_routability_check: bool = False
     #: Session resumption: RFC 5077 tickets for devices that ask (sealed with keys kept in the data dir, so they
     #: survive a restart) and how long a session may be resumed; plus a session-ID cache of this many entries.
     session_tickets: bool = True
@@ -322,6 +324,7 @@ def _coaps(r: _Reader, base: Path) -> CoapsConfig:
         max_body=r.integer("max_body", d.max_body, 16, 1 << 20),
         key_file=r.path("key_file", base),
         cid_length=r.integer("cid_length", d.cid_length, 0, 20),
+        return_routability_check=r.boolean("return_routability_check", d.return_routability_check),
         session_tickets=r.boolean("session_tickets", d.session_tickets),
         session_lifetime=r.number("session_lifetime", d.session_lifetime, 0, 30 * 86400),
         session_cache=r.integer("session_cache", d.session_cache, 0, 10_000_000),

@@ -229,7 +229,8 @@ class Gateway:
             trust=TrustStore(callback=self._judge) if key is not None else None, require_client_auth=key is not None,
             mtu=c.mtu, retransmit_initial=c.retransmit_initial, retransmit_max=c.retransmit_max,
             handshake_timeout=c.handshake_timeout, idle_timeout=c.idle_timeout,
-            cid_length=c.cid_length or None, session_tickets=c.session_tickets, session_lifetime=c.session_lifetime)
+            cid_length=c.cid_length or None, session_tickets=c.session_tickets, session_lifetime=c.session_lifetime,
+            return_routability_check=c.return_routability_check)
 
     def _stored(self, device: str, msg_id: str, duplicate: bool) -> None:
         self.stats.reading_stored(device)

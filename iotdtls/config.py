@@ -90,6 +90,10 @@ class DTLSConfiguration:
     #: Pad the inner plaintext of CID records to a multiple of this many bytes (0: no padding), so that record
     #: lengths reveal less about their content.
     cid_padding: int = 0
+    #: RFC 9853 return routability check: offered by a client, accepted by a server with a connection ID. The
+    #: server front then challenges a session's new address and moves the session only when the answer comes
+    #: back from there (the basic procedure); either side answers challenges.
+    return_routability_check: bool = False
     #: RFC 8449 record_size_limit to advertise: the largest plaintext this endpoint accepts in a protected
     #: record (64 .. 16384); ``None``: the extension is not offered (a server still answers a client's with
     #: 16384 and honours the client's limit).

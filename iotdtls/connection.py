@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 from logging import DEBUG, INFO
 
 from .buffer import Buffer
@@ -52,6 +53,7 @@ from .messages import ClientHello
 from .reassembly import parse_fragments
 from .record import _HDR, SEQ_MASK, Record, split_records
 from .resumption import Session
+from .rrc import COOKIE_LEN, RrcType, pull_rrc, push_rrc
 from .server_context import ServerContext
 from .trust import PeerCredential
 
@@ -64,6 +66,7 @@ _CLOSED = State.CLOSED
 _APPLICATION_DATA = int(ContentType.APPLICATION_DATA)
 _CHANGE_CIPHER_SPEC = int(ContentType.CHANGE_CIPHER_SPEC)
 _TLS12_CID = int(ContentType.TLS12_CID)
+_RRC = int(ContentType.RETURN_ROUTABILITY_CHECK)
 _EPOCH1 = 1 << 48
 _NO_TRANSCRIPT = hashlib.sha256()
 _RENEGOTIATION = frozenset({HandshakeType.HELLO_REQUEST, HandshakeType.CLIENT_HELLO})
@@ -350,7 +353,7 @@ class DTLSConnection(HandshakeLayer):
                     opened = None
                     if inner is not None:
                         content_type, opened = inner
-                        if not _CHANGE_CIPHER_SPEC <= content_type <= _APPLICATION_DATA:
+                        if not (_CHANGE_CIPHER_SPEC <= content_type <= _APPLICATION_DATA or content_type == _RRC):
                             raise UnexpectedMessage(f"content type {content_type} inside a tls12_cid record")
                 elif self._cid:
                     return  # RFC 9146: once we asked for a CID, protected records must carry it
@@ -401,8 +404,36 @@ class DTLSConnection(HandshakeLayer):
             self._on_application_data(payload, epoch)
         elif content_type == ContentType.ALERT:
             self._on_alert(payload)
+        elif content_type == _RRC:
+            self._on_return_routability_check(payload, epoch)
         else:
             self._on_change_cipher_spec(payload)
+
+    # -- return routability check (RFC 9853) ---------------------------------------------------------
+    def path_challenge(self) -> bytes | None:
+        """A protected path_challenge record with a fresh cookie, to send to an address the peer seems to have
+        moved to (the server front does); ``None`` when RRC was not negotiated."""
+        if not self._rrc_on or self._state is not _ESTABLISHED:
+            return None
+        self._rrc_cookie = self._config.random(COOKIE_LEN)
+        self._rrc_answered = False
+        return self._write_record(1, _RRC, push_rrc(RrcType.PATH_CHALLENGE, self._rrc_cookie))
+
+    def take_path_response(self) -> bool:
+        """True once: our outstanding path_challenge was answered with its cookie."""
+        answered, self._rrc_answered = self._rrc_answered, False
+        return answered
+
+    def _on_return_routability_check(self, payload: bytes, epoch: int) -> None:
+        if epoch != 1 or not self._rrc_on or self._state is not _ESTABLISHED:
+            raise UnexpectedMessage("return_routability_check without the rrc extension")
+        msg_type, cookie = pull_rrc(payload)
+        if msg_type == RrcType.PATH_CHALLENGE:
+            self._out.append(self._write_record(1, _RRC, push_rrc(RrcType.PATH_RESPONSE, cookie)))
+        elif msg_type == RrcType.PATH_RESPONSE and self._rrc_cookie and \
+                hmac.compare_digest(cookie, self._rrc_cookie):
+            self._rrc_cookie = b""
+            self._rrc_answered = True
 
     def _on_handshake(self, payload: bytes, epoch: int, now: float) -> None:
         reasm = self._reasm

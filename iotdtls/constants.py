@@ -14,6 +14,7 @@ class ContentType(IntEnum):
     HANDSHAKE = 22
     APPLICATION_DATA = 23
     TLS12_CID = 25  # RFC 9146: a protected record carrying a connection ID
+    RETURN_ROUTABILITY_CHECK = 27  # RFC 9853
 
 
 class HandshakeType(IntEnum):
@@ -92,6 +93,7 @@ class ExtensionType(IntEnum):
     RECORD_SIZE_LIMIT = 28
     SESSION_TICKET = 35
     CONNECTION_ID = 54
+    RRC = 61  # RFC 9853 return routability check
     RENEGOTIATION_INFO = 0xFF01
 
 

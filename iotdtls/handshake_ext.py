@@ -64,6 +64,8 @@ class ExtensionHandshake(PublicKeyHandshake):
         if cfg.session_tickets:
             resume = self._resume
             exts.append((ExtensionType.SESSION_TICKET, resume.ticket if resume is not None else b""))
+        if cfg.return_routability_check:
+            exts.append((ExtensionType.RRC, b""))
         return exts
 
     def _client_offered_extensions(self) -> set[int]:
@@ -75,6 +77,8 @@ class ExtensionHandshake(PublicKeyHandshake):
             offered.add(ExtensionType.RECORD_SIZE_LIMIT)
         if cfg.session_tickets:
             offered.add(ExtensionType.SESSION_TICKET)
+        if cfg.return_routability_check:
+            offered.add(ExtensionType.RRC)
         return offered
 
     def _client_prepare_resumption(self, session: Session | None) -> None:
@@ -102,6 +106,10 @@ class ExtensionHandshake(PublicKeyHandshake):
             self._peer_record_limit = pull_record_size_limit(data)
             assert self._config.record_size_limit is not None  # we offered it
             self._record_limit = self._config.record_size_limit
+        rrc = find_extension(exts, ExtensionType.RRC)
+        if rrc:
+            raise IllegalParameter("non-empty rrc extension")
+        self._rrc_on = rrc is not None
         ticket = find_extension(exts, ExtensionType.SESSION_TICKET)
         if ticket:
             raise IllegalParameter("non-empty SessionTicket extension in the ServerHello")
@@ -160,6 +168,10 @@ class ExtensionHandshake(PublicKeyHandshake):
             if own is not None:
                 self._peer_cid, self._cid, self._cid_on = peer_cid, own, True
                 exts.append(connection_id_extension(own))
+        rrc = find_extension(hello.extensions, ExtensionType.RRC)
+        if rrc == b"" and cfg.return_routability_check and self._cid_on:
+            self._rrc_on = True
+            exts.append((ExtensionType.RRC, b""))
         data = find_extension(hello.extensions, ExtensionType.RECORD_SIZE_LIMIT)
         if data is not None:
             self._peer_record_limit = pull_record_size_limit(data)

@@ -27,6 +27,7 @@ _HDR_NONCE = struct.Struct(">BHQHQ")  # header followed by the explicit nonce (=
 SEQ_MASK = (1 << 48) - 1
 MAX_RECORD = MAX_PLAINTEXT + 2048  # RFC 5246 section 6.2.3: the largest protected fragment
 MAX_SEQ = SEQ_MASK
+_RRC = 27  # RFC 9853 return_routability_check: protected, in epochs >= 1 only
 _CID_AAD_HEAD = b"\xff" * 8 + bytes((TLS12_CID,))
 _CID_TAIL = struct.Struct(">BHQ")  # tls12_cid, version, epoch<<48 | seq (the AAD after the CID length)
 
@@ -73,7 +74,7 @@ def split_records(datagram: bytes, cid_len: int = -1) -> Iterator[Record]:
             pos += length
             continue
         pos += 13
-        if pos + length > end or length > MAX_RECORD or not 20 <= ctype <= 23:
+        if pos + length > end or length > MAX_RECORD or not (20 <= ctype <= 23 or ctype == _RRC):
             return
         yield Record(ctype, version, epoch_seq, datagram[pos : pos + length])
         pos += length

@@ -52,6 +52,7 @@ from .ratelog import RateLimitedLog
 from .reassembly import Fragment, _Partial, message_header, parse_fragments
 from .record import MAX_SEQ, encode_plain, split_records
 from .resumption import SessionCache, TicketKeys
+from .rrc import CHALLENGE_TIMEOUT
 from .server_context import ServerContext
 
 Address = Hashable
@@ -70,7 +71,7 @@ _HANDSHAKE = int(ContentType.HANDSHAKE)
 _TLS12_CID = bytes((ContentType.TLS12_CID,))
 _CLIENT_HELLO = int(HandshakeType.CLIENT_HELLO)
 _STATS = ("hello_verify_sent", "dropped_full", "dropped_per_ip", "dropped_invalid", "dropped_oversize",
-          "dropped_unknown_cid", "cid_exhausted", "address_changes", "handshakes_evicted",
+          "dropped_unknown_cid", "cid_exhausted", "address_changes", "path_challenges", "handshakes_evicted",
           "replacements_started", "replacements_failed", "sessions_replaced", "sessions_evicted_identity",
           "sessions_evicted_anonymous", "sessions_evicted_full", "sessions_refused_full")
 
@@ -135,6 +136,8 @@ class DTLSServer:
         self.connections: dict[Address, DTLSConnection] = {}
         #: Connections by the connection ID (RFC 9146) their peer puts in its records.
         self._by_cid: dict[bytes, DTLSConnection] = {}
+        #: RFC 9853: the address each session was challenged at, and until when the answer is awaited.
+        self._path_checks: dict[DTLSConnection, tuple[Address, float]] = {}
         self._cid_len = self._config.cid_length or 0
         #: Resumption: the session-ID cache (``None``: no session IDs) and the ticket keys (``None``: no tickets).
         self.session_cache = SessionCache(session_cache, config.session_lifetime) if session_cache else None
@@ -288,9 +291,29 @@ class DTLSServer:
             return
         top = conn.read_window_state()[0]
         conn.receive_datagram(data, now)
-        if conn.read_window_state()[0] > top and not conn.is_closed:
-            self._move(conn, addr, now)
+        if conn.take_path_response():
+            pending = self._path_checks.pop(conn, None)
+            if pending is not None and pending[0] == addr and now <= pending[1] and not conn.is_closed:
+                self._move(conn, addr, now)  # RFC 9853: the new address answered our challenge
+        elif conn.read_window_state()[0] > top and not conn.is_closed:
+            if conn._rrc_on:
+                self._challenge(conn, addr, now)
+            else:
+                self._move(conn, addr, now)
         self._collect(conn, now)
+
+    def _challenge(self, conn: DTLSConnection, addr: Address, now: float) -> None:
+        """RFC 9853 basic procedure: ask the new address to prove it is the peer before moving; meanwhile the
+        session keeps sending to its validated address. One challenge per session at a time."""
+        pending = self._path_checks.get(conn)
+        if pending is not None and pending[0] == addr and now <= pending[1]:
+            return
+        record = conn.path_challenge()
+        if record is None:
+            return
+        self._path_checks[conn] = (addr, now + CHALLENGE_TIMEOUT)
+        self._out.append((record, addr))
+        self.stats["path_challenges"] += 1
 
     def _move(self, conn: DTLSConnection, new: Address, now: float) -> None:
         old = conn.peer
@@ -457,6 +480,7 @@ class DTLSServer:
         cid = conn.connection_id
         if cid and self._by_cid.get(cid) is conn:
             del self._by_cid[cid]
+        self._path_checks.pop(conn, None)
 
     def _collect(self, conn: DTLSConnection, now: float) -> None:
         addr = conn.peer

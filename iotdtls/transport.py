@@ -22,8 +22,9 @@ class RecordLayer:
     __slots__ = (
         "_amp_limit", "_amp_next", "_amp_received", "_amp_sent", "_cid", "_cid_on", "_config", "_flight",
         "_flight_attempt", "_last_sent", "_next_read_cipher", "_out", "_peer_cid", "_peer_record_limit",
-        "_read_cipher", "_read_epoch", "_record_limit", "_timeout", "_timer_at", "_windows", "_write_cipher",
-        "_write_epoch", "_write_seq", "amplification_blocked", "flights_sent", "retransmissions",
+        "_read_cipher", "_read_epoch", "_record_limit", "_rrc_answered", "_rrc_cookie", "_rrc_on", "_timeout",
+        "_timer_at", "_windows", "_write_cipher", "_write_epoch", "_write_seq", "amplification_blocked",
+        "flights_sent", "retransmissions",
     )
 
     def __init__(self, config: DTLSConfiguration) -> None:
@@ -40,6 +41,10 @@ class RecordLayer:
         self._cid = b""
         self._peer_cid = b""
         self._cid_on = False
+        # RFC 9853: negotiated; the cookie of our outstanding path_challenge; whether it was answered
+        self._rrc_on = False
+        self._rrc_cookie = b""
+        self._rrc_answered = False
         # record_size_limit (RFC 8449), once both sides sent it: the largest plaintext we accept in a protected
         # record, and the largest we may send.
         self._record_limit = MAX_PLAINTEXT + 1

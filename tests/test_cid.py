@@ -356,3 +356,84 @@ def test_random_records_never_raise() -> None:
         for record in split_records(junk, 6):
             assert isinstance(record, Record)
     assert pair.server_conn.is_established
+
+
+# -- RFC 9853 return routability check ------------------------------------------------------------------------
+
+
+def rrc_pair() -> Pair:
+    return established_pair({"cid_length": 0, "return_routability_check": True},
+                            {"cid_length": 6, "return_routability_check": True})
+
+
+def test_rrc_is_negotiated_only_with_both_sides_and_a_cid() -> None:
+    assert rrc_pair().server_conn._rrc_on
+    assert not established_pair({"cid_length": 0, "return_routability_check": True},
+                                {"cid_length": 6}).server_conn._rrc_on
+    assert not established_pair({"cid_length": 0}, {"cid_length": 6, "return_routability_check": True}).client._rrc_on
+
+
+def test_rrc_moves_only_after_the_new_address_answers() -> None:
+    pair = rrc_pair()
+    events = send_from(pair, b"moved?", NEW_ADDR)
+    assert events == [(CLIENT_ADDR, DataReceived(b"moved?"))]  # delivered, but the session stays
+    assert list(pair.server.connections) == [CLIENT_ADDR]
+    (challenge, to), = pair.server.datagrams_to_send(1.0)
+    assert to == NEW_ADDR and pair.server.stats["path_challenges"] == 1
+    pair.client.receive_datagram(challenge, 1.0)  # the device is really there: it answers
+    for d in pair.c2s():
+        pair.server.receive_datagram(d, NEW_ADDR, 1.1)
+    assert drain_server(pair.server) == [(NEW_ADDR, PeerAddressChanged(CLIENT_ADDR))]
+    assert list(pair.server.connections) == [NEW_ADDR]
+
+
+def test_rrc_unanswered_challenge_moves_nothing() -> None:
+    """An off-path attacker races a copy of a fresh record from its own address. The challenge goes there,
+    nobody who holds the keys answers, and the session stays."""
+    pair = rrc_pair()
+    pair.client.send(b"genuine")
+    (record,) = pair.c2s()
+    pair.server.receive_datagram(record, NEW_ADDR, 1.0)  # the attacker's copy wins the race
+    pair.server.receive_datagram(record, CLIENT_ADDR, 1.0)  # the genuine one is now a duplicate
+    drain_server(pair.server)
+    assert [a for _, a in pair.server.datagrams_to_send(1.0)] == [NEW_ADDR]  # the challenge, to the attacker
+    assert list(pair.server.connections) == [CLIENT_ADDR]
+    # the answer only counts from the challenged address, and only in time
+    pair.client.send(b"later")
+    send_from(pair, b"later", CLIENT_ADDR)
+    assert list(pair.server.connections) == [CLIENT_ADDR]
+
+
+def test_rrc_answer_from_another_address_or_too_late_moves_nothing() -> None:
+    pair = rrc_pair()
+    send_from(pair, b"x", NEW_ADDR)
+    (challenge, _), = pair.server.datagrams_to_send(1.0)
+    pair.client.receive_datagram(challenge, 1.0)
+    for d in pair.c2s():
+        pair.server.receive_datagram(d, OTHER_ADDR, 1.1)  # answered from elsewhere
+    assert list(pair.server.connections) == [CLIENT_ADDR]
+    send_from(pair, b"y", NEW_ADDR)
+    (challenge, _), = [(d, a) for d, a in pair.server.datagrams_to_send(2.0) if a == NEW_ADDR]
+    pair.client.receive_datagram(challenge, 2.0)
+    for d in pair.c2s():
+        pair.server.receive_datagram(d, NEW_ADDR, 60.0)  # long after the challenge timed out
+    assert list(pair.server.connections) == [CLIENT_ADDR]
+
+
+def test_rrc_message_without_negotiation_is_unexpected() -> None:
+    pair = cid_pair()
+    conn = pair.server_conn
+    record = pair.client._write_record(1, ContentType.RETURN_ROUTABILITY_CHECK, bytes(9))
+    pair.server.receive_datagram(record, CLIENT_ADDR, 1.0)
+    assert conn.is_closed and CLIENT_ADDR not in pair.server.connections
+
+
+def test_rrc_unknown_type_is_ignored_and_bad_length_is_decode_error() -> None:
+    pair = rrc_pair()
+    record = pair.client._write_record(1, ContentType.RETURN_ROUTABILITY_CHECK, b"\x07" + bytes(8))
+    pair.server.receive_datagram(record, CLIENT_ADDR, 1.0)
+    assert pair.server_conn.is_established
+    record = pair.client._write_record(1, ContentType.RETURN_ROUTABILITY_CHECK, b"\x00" + bytes(3))
+    conn = pair.server_conn
+    pair.server.receive_datagram(record, CLIENT_ADDR, 1.0)
+    assert conn.is_closed
