@@ -60,6 +60,7 @@ from .trust import PeerCredential
 MAX_EARLY_DATA = 8
 MAX_ERROR_CHARS = 300  # an error message in a log line is cut here
 _APPDATA = bytes((ContentType.APPLICATION_DATA,))
+_CID_RECORD = bytes((ContentType.TLS12_CID,))
 # Enum attribute lookups are slow on Python 3.11; the hot paths compare against these aliases.
 _ESTABLISHED = State.ESTABLISHED
 _CLOSED = State.CLOSED
@@ -281,11 +282,15 @@ class DTLSConnection(HandshakeLayer):
         return self._events.pop(0) if self._events else None
 
     def receive_datagram(self, data: bytes, now: float) -> None:
-        if self._state is _ESTABLISHED and data[:1] == _APPDATA and len(data) > 13 and not self._cid:
-            # Fast path: one application record of the current epoch, the common case after the handshake.
-            _, version, epoch_seq, length = _HDR.unpack_from(data)
-            if length + 13 == len(data) and epoch_seq >> 48 == 1 and version == DTLS_1_2:
-                self._fast_application_data(data, version, epoch_seq, now)
+        if self._state is _ESTABLISHED:
+            # Fast paths: one application record of the current epoch, the common case after the handshake.
+            first = data[:1]
+            if first == _APPDATA and len(data) > 13 and not self._cid:
+                _, version, epoch_seq, length = _HDR.unpack_from(data)
+                if length + 13 == len(data) and epoch_seq >> 48 == 1 and version == DTLS_1_2:
+                    self._fast_application_data(data, version, epoch_seq, now)
+                    return
+            elif first == _CID_RECORD and self._cid and self._fast_cid_record(data, now):
                 return
         if self._state is _CLOSED:
             return
@@ -313,6 +318,36 @@ class DTLSConnection(HandshakeLayer):
         if self._flight:
             self._flight = []  # server: the client has our Finished, no more final-flight retransmissions
         self._events.append(DataReceived(payload))
+
+    def _fast_cid_record(self, data: bytes, now: float) -> bool:
+        """One tls12_cid application record (RFC 9146) of epoch 1 carrying our CID; False for anything else,
+        which then takes the general path."""
+        cid = self._cid
+        start = 11 + len(cid)
+        if len(data) < start + 2 or data[11:start] != cid:
+            return False
+        _, version, epoch_seq, _ = _HDR.unpack_from(data)
+        if int.from_bytes(data[start : start + 2], "big") + start + 2 != len(data) or epoch_seq >> 48 != 1 or \
+                version != DTLS_1_2:
+            return False
+        seq = epoch_seq & SEQ_MASK
+        window = self._windows[1]
+        if not window.is_fresh(seq):
+            return True
+        assert self._read_cipher is not None
+        opened = self._read_cipher.open_cid(Record(_TLS12_CID, version, epoch_seq, data[start + 2 :], cid))
+        if opened is None:
+            return True
+        content_type, payload = opened
+        if content_type != _APPLICATION_DATA or len(payload) > self._record_limit:
+            return False  # not authenticated yet as far as the window goes: the general path redoes it
+        window.mark(seq)
+        if self._config.idle_timeout is not None:
+            self._idle_deadline = now + self._config.idle_timeout
+        if self._flight:
+            self._flight = []
+        self._events.append(DataReceived(payload))
+        return True
 
     def _guard(self, action: object) -> None:
         try:
