@@ -25,6 +25,7 @@ from collections.abc import Hashable
 from dataclasses import replace
 
 from .buffer import Buffer, BufferReadError, Writer
+from .cid_routes import CidRoutes
 from .config import DTLSConfiguration
 from .connection import DTLSConnection
 from .constants import DTLS_1_0, ContentType, ExtensionType, HandshakeType
@@ -52,7 +53,6 @@ from .ratelog import RateLimitedLog
 from .reassembly import Fragment, _Partial, message_header, parse_fragments
 from .record import MAX_SEQ, encode_plain, split_records
 from .resumption import SessionCache, TicketKeys
-from .rrc import CHALLENGE_TIMEOUT
 from .server_context import ServerContext
 
 Address = Hashable
@@ -134,15 +134,14 @@ class DTLSServer:
         self.max_datagram = max_datagram
         #: The current association of each address: an established session or a handshake.
         self.connections: dict[Address, DTLSConnection] = {}
-        #: Connections by the connection ID (RFC 9146) their peer puts in its records.
-        self._by_cid: dict[bytes, DTLSConnection] = {}
-        #: RFC 9853: the address each session was challenged at, and until when the answer is awaited.
-        self._path_checks: dict[DTLSConnection, tuple[Address, float]] = {}
-        self._cid_len = self._config.cid_length or 0
+        #: Counters: what was refused, evicted or replaced, and why.
+        self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
+        #: Connections by the connection ID (RFC 9146) their peer puts in its records; RFC 9853 challenges.
+        self._cids = CidRoutes(self._config.cid_length or 0, config.random, self.stats)
         #: Resumption: the session-ID cache (``None``: no session IDs) and the ticket keys (``None``: no tickets).
         self.session_cache = SessionCache(session_cache, config.session_lifetime) if session_cache else None
         self.ticket_keys = ticket_keys
-        self._context = ServerContext(self.session_cache, ticket_keys, self._new_cid)
+        self._context = ServerContext(self.session_cache, ticket_keys, self._cids.new_cid)
         #: RFC 6347 4.2.1 lets a server skip the cookie exchange for a ClientHello that resumes a session it
         #: knows: 127 bytes and one round trip less. Off by default: session IDs and tickets travel in clear,
         #: so a replayed ClientHello from spoofed addresses would get handshake slots and a reply (1.8 times
@@ -163,8 +162,6 @@ class DTLSServer:
         self._partial_hellos: OrderedDict[tuple[Address, int], _Partial] = OrderedDict()
         self._debug = logging.getLogger("iotdtls.server")
         self._log = RateLimitedLog(self._debug)
-        #: Counters: what was refused, evicted or replaced, and why.
-        self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
 
     @property
     def config(self) -> DTLSConfiguration:
@@ -192,7 +189,7 @@ class DTLSServer:
         if self.max_datagram is not None and len(data) > self.max_datagram:
             self.stats["dropped_oversize"] += 1
             return
-        if self._cid_len and data[:1] == _TLS12_CID:
+        if self._cids.length and data[:1] == _TLS12_CID:
             self._route_by_cid(data, addr, now)
             return
         conn = self.connections.get(addr)
@@ -266,24 +263,13 @@ class DTLSServer:
         return len(data) >= 25 and data[0] == _HANDSHAKE and data[3:5] == b"\x00\x00" and \
             data[13] == _CLIENT_HELLO
 
-    def _new_cid(self, length: int) -> bytes | None:
-        """A random CID no live connection of this front uses (it says nothing about the session)."""
-        if length == 0:
-            return b""
-        for _ in range(8):
-            cid = self._config.random(length)
-            if cid not in self._by_cid:
-                return cid
-        self.stats["cid_exhausted"] += 1
-        return None
-
     def _route_by_cid(self, data: bytes, addr: Address, now: float) -> None:
         """A tls12_cid record: to the connection that owns the CID, wherever it comes from. An authenticated
-        record newer than any before from another address moves the session there (RFC 9146 section 6); a
-        replayed or older record, or one that does not authenticate, moves nothing."""
-        conn = self._by_cid.get(data[11 : 11 + self._cid_len])
+        record newer than any before from another address moves the session there (RFC 9146 section 6), or with
+        RFC 9853 gets that address challenged first; a replayed or older record, or one that does not
+        authenticate, moves nothing."""
+        conn = self._cids.lookup(data)
         if conn is None:
-            self.stats["dropped_unknown_cid"] += 1
             return
         if conn.peer == addr or not conn.is_established or self.connections.get(conn.peer) is not conn:
             conn.receive_datagram(data, now)
@@ -292,28 +278,16 @@ class DTLSServer:
         top = conn.read_window_state()[0]
         conn.receive_datagram(data, now)
         if conn.take_path_response():
-            pending = self._path_checks.pop(conn, None)
-            if pending is not None and pending[0] == addr and now <= pending[1] and not conn.is_closed:
+            if self._cids.answered(conn, addr, now) and not conn.is_closed:
                 self._move(conn, addr, now)  # RFC 9853: the new address answered our challenge
         elif conn.read_window_state()[0] > top and not conn.is_closed:
             if conn._rrc_on:
-                self._challenge(conn, addr, now)
+                record = self._cids.challenge(conn, addr, now)
+                if record is not None:
+                    self._out.append((record, addr))  # the session keeps sending to its validated address
             else:
                 self._move(conn, addr, now)
         self._collect(conn, now)
-
-    def _challenge(self, conn: DTLSConnection, addr: Address, now: float) -> None:
-        """RFC 9853 basic procedure: ask the new address to prove it is the peer before moving; meanwhile the
-        session keeps sending to its validated address. One challenge per session at a time."""
-        pending = self._path_checks.get(conn)
-        if pending is not None and pending[0] == addr and now <= pending[1]:
-            return
-        record = conn.path_challenge()
-        if record is None:
-            return
-        self._path_checks[conn] = (addr, now + CHALLENGE_TIMEOUT)
-        self._out.append((record, addr))
-        self.stats["path_challenges"] += 1
 
     def _move(self, conn: DTLSConnection, new: Address, now: float) -> None:
         old = conn.peer
@@ -412,8 +386,8 @@ class DTLSServer:
         sent = HELLO_VERIFY_LEN if self._config.cookies and hello.cookie else 0
         conn.accept(hello, body, msg_seq, rec_seq, now, self._dummy_psk_key, received=received, sent=sent,
                     context=self._context)
-        if conn.connection_id and not conn.is_closed:
-            self._by_cid[conn.connection_id] = conn
+        if not conn.is_closed:
+            self._cids.add(conn)
         self._collect(conn, now)
 
     def _offers_known_session(self, hello: ClientHello) -> bool:
@@ -477,10 +451,7 @@ class DTLSServer:
                     heapq.heappush(self._heap, (when, next(self._counter), addr, False))
         self._slots.discard(conn)
         self._sessions.discard(conn)
-        cid = conn.connection_id
-        if cid and self._by_cid.get(cid) is conn:
-            del self._by_cid[cid]
-        self._path_checks.pop(conn, None)
+        self._cids.discard(conn)
 
     def _collect(self, conn: DTLSConnection, now: float) -> None:
         addr = conn.peer
