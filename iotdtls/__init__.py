@@ -11,6 +11,7 @@ from .events import (
     DataReceived,
     Event,
     HandshakeCompleted,
+    PeerAddressChanged,
     ReplacementFailed,
 )
 from .resumption import Session, SessionCache, TicketKeys
@@ -37,6 +38,7 @@ __all__ = [
     "HandshakeCompleted",
     "HandshakeTimeout",
     "IdleTimeout",
+    "PeerAddressChanged",
     "PeerCredential",
     "RemoteAlert",
     "ReplacementFailed",
