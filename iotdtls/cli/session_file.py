@@ -43,7 +43,8 @@ def report_session(path: str, session: ClientSession, offered: Session | None) -
         _say("full handshake")
     saved = session.session
     if saved is None:
-        _say("the server offers no session resumption: nothing saved")
+        _say("nothing to save: the server gave no session ID or ticket, or the session has no extended master "
+             "secret")
         return
     try:
         write_secret_file(path, saved.to_bytes())
