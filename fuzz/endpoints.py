@@ -6,7 +6,10 @@ ECDHE-ECDSA pairs too: their keys are derived from labels (tests/helpers.p256_ke
 X.509), ECDSA signatures are deterministic (RFC 6979) and the ephemeral keys come from the seeded randomness.
 
 Kinds of pair: ``psk`` (tests/helpers.Pair), ``rpk`` (PkPair: raw public keys, the server asks for the
-client's key), ``x509`` (certificates of fuzz/fixed_pki.py, both sides).
+client's key), ``x509`` (certificates of fuzz/fixed_pki.py, both sides), ``ticket`` (PSK with 4-byte connection
+IDs both ways, a record_size_limit, RFC 5077 tickets from seeded TicketKeys and a fixed wall clock, so that the
+tickets too are the same in every run) and ``resume`` (a second ``ticket`` client resuming the first one's
+session with the same server front: the abbreviated handshake).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from _harness import FuzzBug
-from fixed_pki import x509_kw
+from fixed_pki import WALL_TIME, x509_kw
 from helpers import (
     CLIENT_ADDR,
     IDENTITY,
@@ -27,6 +30,7 @@ from helpers import (
     half_steps,
     pk_client_config,
     raw_records,
+    seeded,
     split_messages,
 )
 
@@ -36,7 +40,9 @@ from iotdtls import (
     DTLSConnection,
     DTLSServer,
     HandshakeTimeout,
+    Session,
     SessionEvicted,
+    TicketKeys,
 )
 from iotdtls.connection import IdleTimeout
 from iotdtls.errors import AlertError, InternalError
@@ -84,6 +90,16 @@ def check_server(server: DTLSServer) -> None:
         if conn.is_closed:
             raise FuzzBug("a closed connection stays in the server's table")
         check_connection(conn)
+    live = [*server.connections.values(), *server._successors.values()]
+    routes = server._cids
+    for cid, conn in routes._by_cid.items():
+        if conn.connection_id != cid or not any(conn is c for c in live):
+            raise FuzzBug("a connection ID routes to a connection the front no longer holds")
+    if any(not any(conn is c for c in live) for conn in routes._checks):
+        raise FuzzBug("a path challenge outlives its connection")
+    cache = server.session_cache
+    if cache is not None and len(cache) > cache.max_entries:
+        raise FuzzBug("session cache above its bound")
 
 
 def seal_for(conn: DTLSConnection | None, datagram: bytes) -> bytes:
@@ -91,11 +107,13 @@ def seal_for(conn: DTLSConnection | None, datagram: bytes) -> bytes:
     (its own pending or current read keys): the input of a peer that holds the PSK. Lets the fuzzer reach what
     only an authenticated, misbehaving peer can: handshake messages, alerts and data in epoch 1."""
     cipher = None if conn is None else conn._read_cipher or conn._next_read_cipher
-    if cipher is None:
+    if conn is None or cipher is None:
         return datagram
     out = []
     for rec in split_records(datagram):
-        if rec.epoch == 1:
+        if rec.epoch == 1 and conn._cid:  # a connection that asked for a CID reads tls12_cid records only
+            out.append(cipher.protect_cid(rec.content_type, rec.epoch_seq, rec.fragment, conn._cid))
+        elif rec.epoch == 1:
             out.append(cipher.protect(rec.content_type, rec.epoch_seq, rec.fragment))
         else:
             out.append(rec.content_type.to_bytes(1, "big") + rec.version.to_bytes(2, "big") +
@@ -112,17 +130,53 @@ def probe_seq(conn: DTLSConnection, written: int) -> int | None:
 # -- pairs of every kind -------------------------------------------------------------------------------------
 
 #: Configuration keywords the client of a pair shares with its server.
-SHARED = ("coalesce_records", "mtu")
+SHARED = ("coalesce_records", "mtu", "return_routability_check")
+#: The ``ticket`` kind: connection IDs both ways, a record_size_limit and tickets, with a fixed wall clock (the
+#: ticket's times, the session's expiry), on both sides.
+TICKET_CID: dict[str, object] = {"cid_length": 4, "record_size_limit": 512, "session_tickets": True,
+                                 "wall_time": lambda: WALL_TIME}
+
+
+def ticket_keys() -> TicketKeys:
+    """The ticket keys of a ``ticket`` server front: seeded, and made at the fixed wall clock (same tickets)."""
+    return TicketKeys(seeded(9))
+
+
+class ResumingPair(Pair):
+    """A ``ticket`` pair whose client resumes (``handshake()``, or ``client.connect(now, session=pair.session)``)
+    the session of a first, complete handshake with the same server front; the front closed the first one."""
+
+    def __init__(self, **limits: int) -> None:
+        first = established(make_pair("ticket", **limits))
+        session = first.client.session
+        if session is None:
+            raise RuntimeError("the first handshake left no session to resume")
+        self.session: Session = session
+        first.server.close(CLIENT_ADDR)
+        first.server.datagrams_to_send(first.now)
+        drain_server(first.server)
+        super().__init__(TICKET_CID, TICKET_CID)
+        self.server = first.server
+
+    def handshake(self) -> None:
+        self.client.connect(self.now, session=self.session)
+        self.pump()
 
 
 def make_pair(kind: str, client_kw: dict[str, object] | None = None, server_kw: dict[str, object] | None = None,
               **limits: int) -> Pair:
-    """A pair of the kind ``psk``, ``rpk`` or ``x509``; the keywords go to the configurations."""
+    """A pair of the kind ``psk``, ``rpk``, ``x509``, ``ticket`` or ``resume``; the keywords go to the
+    configurations."""
     ckw, skw = dict(client_kw or {}), dict(server_kw or {})
     if kind == "psk":
         return Pair(ckw, skw, **limits)
     if kind == "rpk":
         return PkPair(ckw, skw, **limits)
+    if kind == "ticket":
+        return Pair({**TICKET_CID, **ckw}, {**TICKET_CID, **skw}, ticket_keys=ticket_keys(),  # type: ignore[arg-type]
+                    **limits)
+    if kind == "resume":
+        return ResumingPair(**limits)
     return Pair(x509_kw("client", **ckw), x509_kw("server", **skw), **limits)
 
 
@@ -132,6 +186,8 @@ def client_config_of(kind: str, seed: int, **kw: object) -> DTLSConfiguration:
         return client_config(seed, **kw)
     if kind == "rpk":
         return pk_client_config(seed, **kw)  # type: ignore[arg-type]
+    if kind in ("ticket", "resume"):
+        return client_config(seed, **{**TICKET_CID, **kw})
     return client_config(seed, **x509_kw("client", **kw))
 
 
@@ -156,6 +212,11 @@ SERVER_VARIANTS: list[tuple[str, dict[str, object], dict[str, int]]] = [
     ("rpk", {}, {}),  # raw public keys, the client's key requested; cookies on
     ("rpk", {"cookies": False, "psk_store": {IDENTITY: KEY}}, {}),  # PSK and raw-key clients at once
     ("x509", {"cookies": False, "require_client_auth": True, "mtu": 256}, {}),  # certificates, fragmented
+    # CID both ways, record_size_limit, tickets (and the session-ID cache): fresh addresses can run full and
+    # abbreviated handshakes, and the session's tls12_cid records move it to the address they come from
+    ("ticket", {"cookies": False}, {}),
+    # the same with RFC 9853: a session's records from a new address bring a path challenge there first
+    ("ticket", {"cookies": False, "return_routability_check": True}, {}),
 ]
 #: Fresh source addresses an input can use besides the established client's.
 FRESH_ADDRS = [(f"198.51.100.{i}", 4000 + i) for i in range(1, 8)]
@@ -249,7 +310,35 @@ WIRES: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
     "rpk": ("rpk", {}, {}),
     "rpk-anonymous": ("rpk", {"key": None}, {}),
     "x509": ("x509", {}, {"require_client_auth": True}),
+    "ticket-cid": ("ticket", {}, {}),
+    "resume": ("resume", {}, {}),
 }
+
+
+def _wait_ticket(ccs: bool) -> Pair:
+    """A ``ticket`` client after its final flight (CLIENT_WAIT_TICKET); with ``ccs``, the server's
+    ChangeCipherSpec arrived before its NewSessionTicket."""
+    pair = wire_pair("ticket-cid")
+    pair.client.connect(pair.now)
+    half_steps(pair, 5)
+    if ccs:
+        (flight,) = pair.s2c()
+        pair.client.receive_datagram(raw_records(flight)[1], pair.now)
+    return pair
+
+
+def _resume(server_records: int) -> Pair:
+    """A client resuming a ticket session: after its ClientHello (0), or the first records of the server's
+    abbreviated flight (1: ServerHello, 2: and ChangeCipherSpec)."""
+    pair = wire_pair("resume")
+    assert isinstance(pair, ResumingPair)
+    pair.client.connect(pair.now, session=pair.session)
+    if server_records:
+        half_steps(pair, 3)
+        (flight,) = pair.s2c()
+        for record in raw_records(flight)[:server_records]:
+            pair.client.receive_datagram(record, pair.now)
+    return pair
 
 
 def wire_pair(wire: str) -> Pair:
@@ -281,6 +370,13 @@ CLIENT_STATES: list[tuple[str, Callable[[], Pair], str]] = [
     ("x509_wait_certificate", lambda: _pk_server_flight("x509", State.CLIENT_WAIT_CERTIFICATE), "x509"),
     ("x509_wait_done", lambda: _pk_server_flight("x509", State.CLIENT_WAIT_DONE), "x509"),
     ("x509_established", lambda: established(wire_pair("x509")), "x509"),
+    ("ticket_wait_ticket", lambda: _wait_ticket(False), "ticket-cid"),
+    ("ticket_wait_ticket_ccs", lambda: _wait_ticket(True), "ticket-cid"),
+    ("ticket_established", lambda: established(wire_pair("ticket-cid")), "ticket-cid"),
+    ("resume_wait_hello", lambda: _resume(0), "resume"),
+    ("resume_wait_finished", lambda: _resume(1), "resume"),
+    ("resume_wait_finished_ccs", lambda: _resume(2), "resume"),
+    ("resume_established", lambda: established(wire_pair("resume")), "resume"),
 ]
 
 

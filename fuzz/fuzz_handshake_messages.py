@@ -4,6 +4,11 @@ reassemble round trips. A parsed Certificate goes on to what the handshake does 
 certificate is decoded (``handshake_pk._peer_credential``) and judged by a trust store with pins and a CA
 (``TrustStore.verify``); a parsed ECDH share is decoded as a P-256 point.
 
+The extensions and message of Connection ID, record_size_limit and session tickets: ``pull_connection_id``,
+``pull_record_size_limit``, ``pull_new_session_ticket``, each re-encoded; a ClientHello carrying them goes through
+the server's negotiation (``_server_negotiate``, ``_server_find_session`` with a session cache and ticket keys
+that hold a real session) and a ServerHello through the client's (``_client_negotiated``, ``_client_try_resume``).
+
 Input: one selector byte, then the bytes for the selected parser.
 Bugs: any exception other than the protocol errors the parsers are documented to raise (``AlertError``:
 decode_error, illegal_parameter, handshake_failure), parsed messages that do not survive push -> pull,
@@ -22,6 +27,7 @@ from _harness import FuzzBug, instrumented, main
 with instrumented(__name__ == "__main__"):
     from fixed_pki import WALL_TIME, certificates
     from helpers import p256_key, pin_of
+    from negotiation import client_negotiates, server_negotiates
 
     from iotdtls.buffer import Buffer, Writer
     from iotdtls.constants import CertificateType, ContentType
@@ -30,17 +36,23 @@ with instrumented(__name__ == "__main__"):
     from iotdtls.handshake_pk import _decode_point, _peer_credential
     from iotdtls.messages import (
         check_renegotiation_info,
+        connection_id_extension,
         pull_client_hello,
+        pull_connection_id,
         pull_empty,
         pull_extensions,
         pull_finished,
         pull_hello_verify_request,
+        pull_new_session_ticket,
         pull_psk_identity,
+        pull_record_size_limit,
         pull_server_hello,
         push_client_hello,
         push_extensions,
         push_hello_verify_request,
+        push_new_session_ticket,
         push_server_hello,
+        record_size_limit_extension,
     )
     from iotdtls.pkmessages import (
         pull_certificate,
@@ -276,8 +288,39 @@ def _pk_small(body: bytes) -> None:
         pull_certificate_type(body)
 
 
+# -- Connection ID, record_size_limit, tickets ------------------------------------------------------------
+
+
+def _ext_bodies(body: bytes) -> None:
+    """The connection_id and record_size_limit extension bodies and the NewSessionTicket message."""
+    with contextlib.suppress(AlertError):
+        cid = pull_connection_id(body)
+        if connection_id_extension(cid)[1] != body:
+            raise FuzzBug("connection_id does not re-encode to its bytes")
+    with contextlib.suppress(AlertError):
+        limit = pull_record_size_limit(body)
+        if not 64 <= limit <= 16384:
+            raise FuzzBug(f"record_size_limit {limit} accepted")
+        if int.from_bytes(body, "big") <= 16384 and record_size_limit_extension(limit)[1] != body:
+            raise FuzzBug("record_size_limit does not re-encode to its bytes")
+    nst = pull_new_session_ticket(Buffer(body))
+    _reencodes("NewSessionTicket", body, lambda w: push_new_session_ticket(w, nst))
+
+
+def _negotiation(body: bytes) -> None:
+    """A ClientHello (even first byte) through the server's extension negotiation and session lookup, or a
+    ServerHello through the client's; the endpoints offer CIDs, a record_size_limit and tickets, and the server
+    knows one session by ID and one by ticket (fuzz/negotiation.py)."""
+    if not body:
+        return
+    if body[0] & 1:
+        client_negotiates(pull_server_hello(Buffer(body[1:])), body[1:])
+    else:
+        server_negotiates(pull_client_hello(Buffer(body[1:])), body[1:])
+
+
 PARSERS = [_client_hello, _server_hello, _hello_verify, _extensions, _simple, _fragments, _reassembler, _flight,
-           _certificate, _server_key_exchange, _certificate_request, _pk_small]
+           _certificate, _server_key_exchange, _certificate_request, _pk_small, _ext_bodies, _negotiation]
 
 
 def test_one_input(data: bytes) -> None:

@@ -3,7 +3,7 @@
 #
 #   fuzz/run.sh [SECONDS_PER_TARGET]       (default 60)
 #
-# Environment: FUZZ_TARGETS (default: all four), FUZZ_WORK (work directory; default: a new temp dir),
+# Environment: FUZZ_TARGETS (default: all five), FUZZ_WORK (work directory; default: a new temp dir),
 # PYTHON (default python3), IOTDTLS_NO_ATHERIS=1 forces the fallback fuzzer.
 # Each target starts from its committed seeds (fuzz/corpus/<target>, read-only here) plus whatever an earlier run
 # left in $FUZZ_WORK/corpus/<target>; new inputs go to the latter. Crashing inputs are written to
@@ -12,7 +12,7 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.."
 SECS="${1:-60}"
-TARGETS="${FUZZ_TARGETS:-fuzz_record fuzz_handshake_messages fuzz_server fuzz_client}"
+TARGETS="${FUZZ_TARGETS:-fuzz_record fuzz_handshake_messages fuzz_server fuzz_client fuzz_resumption}"
 PY="${PYTHON:-python3}"
 WORK="${FUZZ_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/iotdtls-fuzz.XXXXXX")}"
 mkdir -p "$WORK/crashes"
@@ -20,9 +20,10 @@ export PYTHONDONTWRITEBYTECODE=1
 
 declare -A MODULES=(
     [fuzz_record]="iotdtls/record.py"
-    [fuzz_handshake_messages]="iotdtls/messages.py,iotdtls/pkmessages.py,iotdtls/reassembly.py,iotdtls/buffer.py"
-    [fuzz_server]="iotdtls/server.py,iotdtls/fairness.py,iotdtls/connection.py,iotdtls/handshake.py,iotdtls/handshake_pk.py,iotdtls/transport.py,iotdtls/cookie.py"
-    [fuzz_client]="iotdtls/connection.py,iotdtls/handshake.py,iotdtls/handshake_pk.py,iotdtls/transport.py,iotdtls/reassembly.py"
+    [fuzz_handshake_messages]="iotdtls/messages.py,iotdtls/pkmessages.py,iotdtls/reassembly.py,iotdtls/buffer.py,iotdtls/handshake_ext.py"
+    [fuzz_server]="iotdtls/server.py,iotdtls/fairness.py,iotdtls/connection.py,iotdtls/handshake.py,iotdtls/handshake_pk.py,iotdtls/handshake_ext.py,iotdtls/transport.py,iotdtls/cookie.py,iotdtls/cid_routes.py"
+    [fuzz_client]="iotdtls/connection.py,iotdtls/handshake.py,iotdtls/handshake_pk.py,iotdtls/handshake_ext.py,iotdtls/transport.py,iotdtls/reassembly.py"
+    [fuzz_resumption]="iotdtls/resumption.py"
 )
 
 if [ -z "${IOTDTLS_NO_ATHERIS:-}" ] && "$PY" -c 'import atheris' 2>/dev/null; then

@@ -11,7 +11,10 @@ fuzz inputs, they just reach less far).
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
+import fuzz_resumption
+import negotiation
 from _harness import FUZZ_DIR, encode_frames
 from endpoints import (
     CLIENT_STATES,
@@ -23,12 +26,19 @@ from endpoints import (
     server_pair,
     wire_of,
 )
-from helpers import Pair
+from helpers import CLIENT_ADDR, Pair
 
 from iotdtls import DTLSConnection
 from iotdtls.buffer import Buffer, Writer
-from iotdtls.constants import CipherSuite, ContentType, HandshakeType
-from iotdtls.messages import pull_client_hello, push_extensions
+from iotdtls.constants import CipherSuite, ContentType, ExtensionType, HandshakeType
+from iotdtls.messages import (
+    ClientHello,
+    pull_client_hello,
+    pull_server_hello,
+    push_client_hello,
+    push_extensions,
+    push_server_hello,
+)
 from iotdtls.reassembly import message_header, parse_fragments
 from iotdtls.record import encode_plain, split_records
 
@@ -42,14 +52,19 @@ WIRES: dict[str, dict[str, object]] = {
     "rpk": {},
     "rpk-anonymous": {},
     "x509": {},
+    "ticket-cid": {},
+    "resume": {},
 }
 
 
 PK_WIRES = ("rpk", "rpk-anonymous", "x509")
+#: Exchanges with 4-byte connection IDs (endpoints.TICKET_CID): a full handshake with a ticket, and a resumption.
+CID_WIRES = ("ticket-cid", "resume")
+TICKET_VARIANT = next(i for i, (kind, _, _) in enumerate(SERVER_VARIANTS) if kind == "ticket")
 
 
 def _wire(name: str) -> list[tuple[str, bytes]]:
-    if name in PK_WIRES:
+    if name in PK_WIRES or name in CID_WIRES:
         return wire_of(name)
     kw = dict(WIRES[name])
     hint = bool(kw.pop("hint", False))
@@ -64,7 +79,7 @@ def _wire(name: str) -> list[tuple[str, bytes]]:
 
 def record_seeds() -> list[bytes]:
     seeds = []
-    names = [name for name in WIRES if name not in PK_WIRES]
+    names = [name for name in WIRES if name not in PK_WIRES and name not in CID_WIRES]
     for name in names:
         wire = [d for _, d in _wire(name)]
         seeds += [b"\x00" + d for d in wire]
@@ -73,6 +88,13 @@ def record_seeds() -> list[bytes]:
         seeds.append(bytes([mode]) + (1 << 48 | 5).to_bytes(8, "big") + b"application payload")
     for name in PK_WIRES:
         seeds += [b"\x00" + d for _, d in _wire(name)]
+    # tls12_cid records, parsed with the right CID length (mode 2: 4 bytes) and a wrong one (mode 4: 1 byte);
+    # round trips (modes with bits 0 and 7: epoch and sequence, CID length, padding, inner type, CID, payload).
+    for name in CID_WIRES:
+        seeds += [bytes([mode]) + d for _, d in _wire(name) for mode in (2, 4)]
+    for mode in (0x81, 0x89, 0x99):
+        seeds.append(bytes([mode]) + (1 << 48 | 7).to_bytes(8, "big") + bytes([3, 16, 23]) + b"cid!" + b"payload")
+        seeds.append(bytes([mode]) + (1 << 48 | 8).to_bytes(8, "big") + bytes([19, 0, 0x99]) + bytes(range(20)))
     return seeds
 
 
@@ -99,7 +121,7 @@ def _whole_messages(wire: list[tuple[str, bytes]]) -> list[tuple[int, bytes]]:
 
 def message_seeds() -> list[bytes]:
     seeds = []
-    psk_wires = [name for name in WIRES if name not in PK_WIRES]
+    psk_wires = [name for name in WIRES if name not in PK_WIRES and name not in CID_WIRES]
     wire = [d for name in psk_wires for _, d in _wire(name)]
     payloads = [r.fragment for d in wire for r in split_records(d)
                 if r.epoch == 0 and r.content_type == ContentType.HANDSHAKE]
@@ -130,7 +152,38 @@ def message_seeds() -> list[bytes]:
             seeds += [bytes([selector]) + body for selector in SELECTOR.get(msg_type, ())]
             if msg_type == HandshakeType.CLIENT_HELLO:
                 seeds += [b"\x0b" + ext for _, ext in pull_client_hello(Buffer(body)).extensions if ext]
+    # Connection ID, record_size_limit and tickets: every message of those exchanges for its parser, the new
+    # extension bodies and the NewSessionTicket (selector 12), and the hellos through the negotiation (13; the
+    # ClientHellos also offering the session and the ticket that fuzz/negotiation.py's server knows).
+    for name in CID_WIRES:
+        for msg_type, body in _whole_messages(_wire(name)):
+            seeds += [bytes([selector]) + body for selector in SELECTOR.get(msg_type, ())]
+            if msg_type == HandshakeType.NEW_SESSION_TICKET:
+                seeds.append(b"\x0c" + body)
+            if msg_type == HandshakeType.CLIENT_HELLO:
+                hello = pull_client_hello(Buffer(body))
+                seeds += [b"\x0c" + ext for t, ext in hello.extensions if t in NEW_EXTENSIONS]
+                seeds.append(b"\x0d\x00" + body)
+                seeds.append(b"\x0d\x00" + _offering(hello, negotiation.CACHED.session_id, b""))
+                seeds.append(b"\x0d\x00" + _offering(hello, b"\x22" * 8, negotiation.TICKET))
+            if msg_type == HandshakeType.SERVER_HELLO:
+                seeds.append(b"\x0d\x01" + body)
+                sh = pull_server_hello(Buffer(body))
+                w = Writer()
+                push_server_hello(w, replace(sh, session_id=negotiation.CACHED.session_id))
+                seeds.append(b"\x0d\x01" + w.data())
     return seeds
+
+
+NEW_EXTENSIONS = (ExtensionType.CONNECTION_ID, ExtensionType.RECORD_SIZE_LIMIT, ExtensionType.SESSION_TICKET)
+
+
+def _offering(hello: ClientHello, session_id: bytes, ticket: bytes) -> bytes:
+    """``hello`` offering a session: its ID, and a ticket in the SessionTicket extension."""
+    exts = [(t, ticket if t == ExtensionType.SESSION_TICKET else e) for t, e in hello.extensions]
+    w = Writer()
+    push_client_hello(w, replace(hello, session_id=session_id, extensions=exts))
+    return w.data()
 
 
 def server_seeds() -> list[bytes]:
@@ -174,7 +227,43 @@ def server_seeds() -> list[bytes]:
                   (0x40, _plain(22, 1003, message_header(HandshakeType.CLIENT_HELLO, 0, 0))),
                   (0x40, _plain(21, 1004, b"\x01\x00"))]
         seeds.append(bytes([variant]) + encode_frames(sealed))
+        if kind == "ticket":
+            seeds += _ticket_server_seeds(variant)
     return seeds
+
+
+def _ticket_server_seeds(variant: int) -> list[bytes]:
+    """The ticket variant: a new client resumes the established client's session from a fresh address (the
+    abbreviated handshake, then data), and the established client's CID records arrive from another address (the
+    front moves the session there)."""
+    pair = server_pair(variant)
+    session = pair.client.session
+    assert session is not None
+    resumer = DTLSConnection(client_config_of("ticket", 13), peer="server")
+    resumer.connect(pair.now, session=session)
+    frames: list[tuple[int, bytes]] = []
+    for step in range(6):
+        if step == 3 and resumer.is_established:
+            resumer.send(b"resumed")
+        for d in resumer.datagrams_to_send(pair.now):
+            frames.append((6, d))
+            pair.server.receive_datagram(d, addr_of(6), pair.now)
+        for d, a in pair.server.datagrams_to_send(pair.now):
+            if a == addr_of(6):
+                resumer.receive_datagram(d, pair.now)
+    assert resumer.is_established and resumer.resumed
+    pair = server_pair(variant)
+    moved: list[tuple[int, bytes]] = []
+    for text in (b"from a new address", b"and again", b"settled"):
+        pair.client.send(text)
+        for _ in range(2):  # with RFC 9853 the front challenges the new address, and the client answers
+            for d in pair.client.datagrams_to_send(pair.now):
+                moved.append((7, d))
+                pair.server.receive_datagram(d, addr_of(7), pair.now)
+            for d, _ in pair.server.datagrams_to_send(pair.now):
+                pair.client.receive_datagram(d, pair.now)
+    assert CLIENT_ADDR not in pair.server.connections, "the session did not move"
+    return [bytes([variant]) + encode_frames(frames), bytes([variant]) + encode_frames(moved)]
 
 
 def _plain(content_type: int, seq: int, payload: bytes) -> bytes:
@@ -193,6 +282,21 @@ def client_seeds() -> list[bytes]:
     return seeds
 
 
+def resumption_seeds() -> list[bytes]:
+    """fuzz_resumption: the reference sessions' encodings (to parse, and to seal), their tickets at several
+    times, the reference key file, and the session a real ticket handshake left the client."""
+    sessions = [s.to_bytes() for s in fuzz_resumption.SESSIONS]
+    wire_session = server_pair(TICKET_VARIANT).client.session
+    assert wire_session is not None
+    sessions.append(wire_session.to_bytes())
+    seeds = [b"\x00" + s for s in sessions] + [b"\x03" + s for s in sessions]
+    for ticket in fuzz_resumption.TICKETS:
+        seeds += [b"\x01" + bytes([t]) + ticket for t in (0, 2, 4, 5)]
+    seeds.append(b"\x01\x00" + wire_session.ticket)
+    seeds.append(b"\x02" + fuzz_resumption.KEYS_FILE)
+    return seeds
+
+
 def write(target: str, seeds: list[bytes]) -> None:
     out = CORPUS / target
     shutil.rmtree(out, ignore_errors=True)
@@ -207,6 +311,7 @@ def main() -> None:
     write("fuzz_handshake_messages", message_seeds())
     write("fuzz_server", server_seeds())
     write("fuzz_client", client_seeds())
+    write("fuzz_resumption", resumption_seeds())
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The inputs and the oracle of the state-table tests (tests/test_state_table.py): every kind of record a state can
 receive, the outcome the handshake tables (plus the documented rules in `expected_outcome`) predict for it,
-hypothesis strategies for message bodies, and `inject` / `check`, which run one cell and compare."""
+the hypothesis strategy of concrete records (message bodies in tests/state_bodies.py, Connection ID records in
+tests/state_cid.py), and `inject` / `check`, which run one cell and compare."""
 
 from __future__ import annotations
 
@@ -9,27 +10,31 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from helpers import (
     CLIENT_ADDR,
-    IDENTITY,
     drain,
     drain_server,
-    p256_key,
 )
 from hypothesis import strategies as st
+from state_bodies import body_strategy
+from state_cid import (
+    STRANGER_CID,
+    header_len,
+    other_cid,
+    peer_cipher,
+    plain_cid_record,
+    records_sent,
+    seal,
+    seal_without_type,
+)
 from state_rows import DELAY, RENEGOTIATION, ROWS, UNKNOWN_TYPES, Outcome, Row, Setup
 
 from iotdtls import ConnectionTerminated, DataReceived, DTLSConnection
-from iotdtls.buffer import Buffer, BufferReadError, Writer
+from iotdtls.buffer import Buffer, BufferReadError
 from iotdtls.constants import (
     AlertDescription,
     AlertLevel,
-    CertificateType,
-    CipherSuite,
     ContentType,
-    ExtensionType,
     HandshakeType,
 )
 from iotdtls.errors import (
@@ -50,30 +55,11 @@ from iotdtls.handshake import (
     WAITING_FINISHED,
     State,
 )
-from iotdtls.keys import spki_der
 from iotdtls.messages import (
-    ClientHello,
-    HelloVerifyRequest,
-    ServerHello,
     pull_client_hello,
-    push_client_hello,
-    push_hello_verify_request,
-    push_psk_identity,
-    push_server_hello,
-)
-from iotdtls.pkmessages import (
-    CertificateMessage,
-    CertificateRequest,
-    CertificateVerify,
-    ECDHEServerKeyExchange,
-    push_certificate,
-    push_certificate_request,
-    push_certificate_verify,
-    push_ecdhe_client_key_exchange,
-    push_ecdhe_server_key_exchange,
 )
 from iotdtls.reassembly import message_header, parse_fragments
-from iotdtls.record import CipherState, encode_plain, split_records
+from iotdtls.record import encode_plain, split_records
 
 # -- inputs ------------------------------------------------------------------------------------------------
 
@@ -84,25 +70,38 @@ class Kind:
     msg_type: int | None = None  # handshake type; UNKNOWN_TYPE stands for any value not in HandshakeType
     seq: str | None = None  # handshake: "in-order", "old" or "future"
     alert: str | None = None  # "warning", "fatal" or "close_notify"
+    cid: str | None = None  # ContentType.TLS12_CID: one of CID_KINDS
 
     @property
     def label(self) -> str:
+        if self.content == ContentType.TLS12_CID:
+            return CID_KINDS[self.cid or ""]
         if self.content == ContentType.HANDSHAKE:
             assert self.msg_type is not None
             name = "unknown" if self.msg_type == UNKNOWN_TYPE else HandshakeType(self.msg_type).name
             return f"{name} ({self.seq})"
         if self.content == ContentType.ALERT:
             return f"Alert {self.alert}"
+        if self.content == ContentType.RETURN_ROUTABILITY_CHECK:
+            return "return_routability_check"
         return "ChangeCipherSpec" if self.content == ContentType.CHANGE_CIPHER_SPEC else "ApplicationData"
 
 
 UNKNOWN_TYPE = -1
 SEQ_CLASSES = ("in-order", "old", "future")
+#: Connection ID records (RFC 9146) beyond the ordinary kinds (which a connection with a CID receives as
+#: tls12_cid records carrying its CID): an inner content type that does not exist, an inner plaintext with no
+#: content type at all (only zeros), a CID that is not the connection's, and a protected record in the classic
+#: format where the CID is due.
+CID_KINDS = {"bad-type": "tls12_cid, inner type not 20-23", "no-type": "tls12_cid, no inner type",
+             "other-cid": "tls12_cid, another CID", "without-cid": "protected record without the CID"}
 KINDS: list[Kind] = [
     *(Kind(ContentType.HANDSHAKE, int(t), s) for t in [*HandshakeType, UNKNOWN_TYPE] for s in SEQ_CLASSES),
     Kind(ContentType.CHANGE_CIPHER_SPEC),
     *(Kind(ContentType.ALERT, alert=a) for a in ("warning", "fatal", "close_notify")),
     Kind(ContentType.APPLICATION_DATA),
+    Kind(ContentType.RETURN_ROUTABILITY_CHECK),
+    *(Kind(ContentType.TLS12_CID, cid=c) for c in CID_KINDS),
 ]
 #: "0": plaintext epoch 0; "1": epoch 1 protected with the real keys; "1*": epoch 1 that fails authentication.
 EPOCHS = ("0", "1", "1*")
@@ -111,6 +110,10 @@ EPOCHS = ("0", "1", "1*")
 def applicable(row: Row, kind: Kind, epoch: str) -> bool:
     if epoch == "1" and not row.keys:
         return False
+    if kind.cid == "without-cid" and (not row.cid or epoch == "0"):
+        return False  # without a CID it is ordinary application data; in epoch 0 it is not protected
+    if kind.content == ContentType.TLS12_CID and not (row.ext or row.state is State.ESTABLISHED):
+        return False  # rows without a CID drop every tls12_cid record: shown for the established ones only
     return not (kind.seq == "old" and (row.next_seq == 0 or row.front_only))
 
 
@@ -131,8 +134,9 @@ def expected_outcome(row: Row, kind: Kind, epoch: str, *, well_formed: bool = Tr
        record in a state whose ``HANDSHAKE_TABLE`` entries still expect an unprotected message (the server's
        WAIT_CERTIFICATE_VERIFY: the client's ChangeCipherSpec overtook its CertificateVerify), which is
        processed as the handshake message it is (rule 4, in epoch 0); a record failing authentication is
-       dropped, except a handshake record while waiting for Finished (bad_record_mac, openssl #10906); a
-       malformed ChangeCipherSpec or alert is a decode_error.
+       dropped, except a handshake record while waiting for Finished (bad_record_mac, openssl #10906; with a
+       Connection ID the content type is encrypted, so there every tls12_cid record carrying the connection's
+       CID counts); a malformed ChangeCipherSpec or alert is a decode_error.
     4. Handshake messages: an old message_seq is a retransmission, a future one is buffered; after the
        handshake a ClientHello or HelloRequest gets a no_renegotiation warning (in both roles) and anything
        new is unexpected. In-order messages: ``PROTECTED_MESSAGES`` must come in epoch 1 and nothing else
@@ -141,8 +145,20 @@ def expected_outcome(row: Row, kind: Kind, epoch: str, *, well_formed: bool = Tr
     5. ChangeCipherSpec: ``CCS_TABLE`` while the read side is in epoch 0, unexpected otherwise. Its handler
        switches the read side to epoch 1 at once where the keys exist (the server's WAIT_CERTIFICATE_VERIFY
        included, so a Finished that skips the CertificateVerify is unexpected) and defers the switch to the
-       ClientKeyExchange where they do not yet (the server's WAIT_CKE, WAIT_CLIENT_CERTIFICATE, WAIT_CKE_AUTH).
+       ClientKeyExchange where they do not yet (the server's WAIT_CKE, WAIT_CLIENT_CERTIFICATE, WAIT_CKE_AUTH),
+       and to the NewSessionTicket where one was promised (RFC 5077 section 3.3: it precedes the
+       ChangeCipherSpec; the client's WAIT_TICKET and RESUME_WAIT_TICKET).
     6. Application data only in epoch 1: delivered when established, held while waiting for Finished.
+    7. Connection ID (RFC 9146): a connection that asked for no CID never parses a tls12_cid record (its CID
+       length is unknown): dropped. One that did: a tls12_cid record in epoch 0 is dropped (section 4: plaintext
+       records keep their format); one carrying another CID, or a protected record in the classic format, is
+       dropped before authentication (the server front routes tls12_cid records by CID: an unknown CID reaches
+       no connection) or, before the ChangeCipherSpec, buffered like any epoch-1 record (rule 3); an
+       authentic one with an inner content type that does not exist, or with none (an all-zero inner plaintext:
+       RFC 9146 section 4 refers to RFC 8446 section 5.4, whose receiver "MUST terminate the connection with an
+       unexpected_message alert"), is unexpected_message.
+    8. return_routability_check (RFC 9853), which no row negotiates: unexpected_message wherever the record is
+       processed (rule 3 decides where).
     """
     content = kind.content
     hello = content == ContentType.HANDSHAKE and kind.msg_type == HandshakeType.CLIENT_HELLO and epoch == "0"
@@ -152,6 +168,8 @@ def expected_outcome(row: Row, kind: Kind, epoch: str, *, well_formed: bool = Tr
     if row.front_only or row.state is State.CLOSED:
         return Outcome.DROP  # rules 1 and 2
     assert row.state is not None
+    if content == ContentType.TLS12_CID:
+        return _cid_outcome(row, kind, epoch)
     record_epoch = 0 if epoch == "0" else 1
     if record_epoch != row.read_epoch:  # rule 3
         if record_epoch == 1:
@@ -161,7 +179,7 @@ def expected_outcome(row: Row, kind: Kind, epoch: str, *, well_formed: bool = Tr
         if not (row.read_epoch == 1 and expects_unprotected(row.state)):
             return Outcome.RETRANSMIT if kind.seq == "old" else Outcome.DROP
     if epoch == "1*":
-        if row.state in WAITING_FINISHED and content == ContentType.HANDSHAKE:
+        if row.state in WAITING_FINISHED and (content == ContentType.HANDSHAKE or row.cid):
             return Outcome.BAD_MAC
         return Outcome.DROP
     if content == ContentType.CHANGE_CIPHER_SPEC:  # rule 5
@@ -172,6 +190,8 @@ def expected_outcome(row: Row, kind: Kind, epoch: str, *, well_formed: bool = Tr
         if not well_formed:
             return Outcome.DECODE
         return {"warning": Outcome.WARNING, "fatal": Outcome.FATAL, "close_notify": Outcome.CLOSE}[kind.alert or ""]
+    if content == ContentType.RETURN_ROUTABILITY_CHECK:  # rule 8
+        return Outcome.UNEXPECTED
     if content == ContentType.APPLICATION_DATA:  # rule 6
         if record_epoch == 1 and row.state is State.ESTABLISHED:
             return Outcome.DATA
@@ -194,21 +214,67 @@ def expected_outcome(row: Row, kind: Kind, epoch: str, *, well_formed: bool = Tr
     return Outcome.HANDLER if (row.state, kind.msg_type) in HANDSHAKE_TABLE else Outcome.UNEXPECTED
 
 
+def _cid_outcome(row: Row, kind: Kind, epoch: str) -> Outcome:
+    """Rule 7, for the tls12_cid kinds (the ordinary kinds reach a connection with a CID as tls12_cid records)."""
+    assert row.state is not None
+    if not row.cid or epoch == "0":
+        return Outcome.DROP
+    if kind.cid == "other-cid" and row.role == "server":
+        return Outcome.DROP  # the front knows no connection with that CID
+    if row.read_epoch == 0:
+        return Outcome.BUFFER_EPOCH if row.state in HANDSHAKING else Outcome.DROP
+    if kind.cid in ("other-cid", "without-cid"):
+        return Outcome.DROP
+    if epoch == "1*":
+        return Outcome.BAD_MAC if row.state in WAITING_FINISHED else Outcome.DROP
+    return Outcome.UNEXPECTED
+
+
+#: States where a ChangeCipherSpec waits for the NewSessionTicket that must precede it (rule 5).
+TICKET_BEFORE_CCS = frozenset({State.CLIENT_WAIT_TICKET, State.CLIENT_RESUME_WAIT_TICKET})
+
+
 def expects_unprotected(state: State) -> bool:
     """The table still has an entry for a message that must arrive in epoch 0 (rule 3)."""
     return any(s is state and t not in PROTECTED_MESSAGES for s, t in HANDSHAKE_TABLE)
 
 
 # -- known deviations of the implementation from the oracle (each one is a bug) --------------------------
-# A cell listed here runs as xfail(strict=True) with the reason; the matrix marks it with ✗. Empty since
-# 08c6732 fixed the only one found: the client stored handshake records received before connect() in its
-# reassembler instead of refusing them (a stored message later collided with the server's message of the same
-# message_seq and killed the handshake with illegal_parameter).
+# A cell listed here runs as xfail(strict=True) with the reason; the matrix marks it with ✗. The table
+# KNOWN_DEVIATIONS was emptied by 08c6732, which fixed the only deviation found in the base handshake: the client
+# stored handshake records received before connect() in its reassembler instead of refusing them (a stored
+# message later collided with the server's message of the same message_seq and killed the handshake with
+# illegal_parameter). ``cid_deviation`` holds those of the Connection ID rows (docs/fuzzing.md).
 KNOWN_DEVIATIONS: dict[tuple[str, State | None, ContentType, str], str] = {}
+
+CID_IN_EPOCH_0 = ("RFC 9146 section 4: a tls12_cid record in epoch 0 is processed as if it were a ChangeCipherSpec "
+                  "(DTLSConnection._dispatch sends every type it does not know to _on_change_cipher_spec) instead "
+                  "of being dropped")
+CID_NO_TYPE = ("RFC 9146 section 4 / RFC 8446 section 5.4: an authentic tls12_cid record whose inner plaintext has "
+               "no non-zero byte is dropped like a forgery (open_cid returns None) instead of ending the "
+               "connection with unexpected_message")
+CID_BAD_MAC = ("rule 3 (the fail-fast rule of openssl #10906, not an RFC requirement): with a Connection ID a "
+               "Finished that fails authentication is dropped (the check looks at the outer type, tls12_cid, not "
+               "handshake): a wrong PSK hangs until the handshake timeout instead of failing with bad_record_mac")
+
+
+def cid_deviation(row: Row, kind: Kind, epoch: str) -> str | None:
+    """The known deviations of the rows with a Connection ID."""
+    if not row.cid or row.front_only or row.state is State.CLOSED:
+        return None
+    own = kind.content != ContentType.TLS12_CID or kind.cid in ("bad-type", "no-type")
+    if epoch == "0" and kind.content == ContentType.TLS12_CID and row.read_epoch == 0 and \
+            not (row.role == "server" and kind.cid == "other-cid"):
+        return CID_IN_EPOCH_0
+    if row.read_epoch == 1 and epoch == "1" and kind.cid == "no-type":
+        return CID_NO_TYPE
+    if row.read_epoch == 1 and epoch == "1*" and own and row.state in WAITING_FINISHED:
+        return CID_BAD_MAC
+    return None
 
 
 def deviation(row: Row, kind: Kind, epoch: str) -> str | None:
-    return KNOWN_DEVIATIONS.get((row.role, row.state, kind.content, epoch))
+    return cid_deviation(row, kind, epoch) or KNOWN_DEVIATIONS.get((row.role, row.state, kind.content, epoch))
 
 
 def cells() -> list[object]:
@@ -225,112 +291,7 @@ def cells() -> list[object]:
     return out
 
 
-# -- concrete inputs: message bodies, valid and random ---------------------------------------------------
-
-
-def _push(fn: Callable[[Writer], None]) -> bytes:
-    w = Writer()
-    fn(w)
-    return w.data()
-
-
-_EXT_TYPES = [int(e) for e in ExtensionType] + [0x3A3A, 0xFFFF]
-_extensions = st.lists(st.tuples(st.sampled_from(_EXT_TYPES), st.binary(max_size=6)), max_size=4,
-                       unique_by=lambda e: e[0])
-_suites = st.sampled_from([int(s) for s in CipherSuite] + [0x0000, 0xC0AE, 0x1301])
-_versions = st.sampled_from([0xFEFD, 0xFEFF, 0xFEFC, 0x0303])
-
-
-def client_hello_bodies(own_random: bytes | None) -> st.SearchStrategy[bytes]:
-    randoms = st.binary(min_size=32, max_size=32)
-    if own_random is not None:
-        randoms = st.one_of(st.just(own_random), randoms)
-    hello = st.builds(ClientHello, random=randoms, cipher_suites=st.lists(_suites, min_size=1, max_size=4),
-                      session_id=st.binary(max_size=32), cookie=st.binary(max_size=32),
-                      compression_methods=st.sampled_from([b"\x00", b"\x01\x00", b"\x01"]),
-                      extensions=_extensions, version=_versions)
-    return hello.map(lambda m: _push(lambda w: push_client_hello(w, m)))
-
-
-server_hello_bodies = st.builds(
-    ServerHello, random=st.binary(min_size=32, max_size=32), cipher_suite=_suites,
-    session_id=st.binary(max_size=32), compression_method=st.sampled_from([0, 0, 1]), extensions=_extensions,
-    version=_versions).map(lambda m: _push(lambda w: push_server_hello(w, m)))
-hello_verify_bodies = st.builds(HelloVerifyRequest, cookie=st.binary(max_size=32), version=_versions).map(
-    lambda m: _push(lambda w: push_hello_verify_request(w, m)))
-psk_identity_bodies = st.one_of(st.just(IDENTITY), st.binary(max_size=20)).map(
-    lambda i: _push(lambda w: push_psk_identity(w, i)))
-
-
-
-
-# Public-key messages: other keys (an untrusted P-256 key: bad_certificate; secp256k1 and Ed25519 keys:
-# unsupported_certificate), an empty X.509 list, random chains; ECDH shares on and off the curve.
-_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-_OTHER_SPKIS = [spki_der(p256_key("stranger")),
-                ec.derive_private_key(7, ec.SECP256K1()).public_key().public_bytes(*_SPKI),
-                ed25519.Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key().public_bytes(*_SPKI)]
-_POINT = p256_key("stranger").public_key().public_bytes(serialization.Encoding.X962,
-                                                        serialization.PublicFormat.UncompressedPoint)
-_points = st.one_of(st.just(_POINT), st.binary(min_size=64, max_size=64).map(lambda b: b"\x04" + b),
-                    st.binary(min_size=1, max_size=80))
-_schemes = st.one_of(st.just(0x0403), st.integers(0, 0xFFFF))
-
-
-def _cert_body(kind: CertificateType, spki: bytes = b"", chain: list[bytes] | None = None) -> bytes:
-    return _push(lambda w: push_certificate(w, CertificateMessage(kind, spki=spki, chain=chain or [])))
-
-
-certificate_bodies = st.one_of(
-    st.sampled_from(_OTHER_SPKIS).map(lambda k: _cert_body(CertificateType.RAW_PUBLIC_KEY, k)),
-    st.just(_cert_body(CertificateType.X509)),
-    st.lists(st.binary(min_size=1, max_size=30), min_size=1, max_size=3).map(
-        lambda c: _cert_body(CertificateType.X509, chain=c)))
-ecdhe_ske_bodies = st.builds(ECDHEServerKeyExchange, point=_points, scheme=_schemes,
-                             signature=st.binary(min_size=1, max_size=72)).map(
-    lambda m: _push(lambda w: push_ecdhe_server_key_exchange(w, m)))
-ecdhe_cke_bodies = _points.map(lambda p: _push(lambda w: push_ecdhe_client_key_exchange(w, p)))
-certificate_request_bodies = st.builds(
-    CertificateRequest, certificate_types=st.lists(st.integers(0, 255), max_size=3),
-    schemes=st.lists(_schemes, max_size=3), authorities=st.lists(st.binary(min_size=1, max_size=8), max_size=2),
-).map(lambda m: _push(lambda w: push_certificate_request(w, m)))
-certificate_verify_bodies = st.builds(CertificateVerify, scheme=_schemes,
-                                      signature=st.binary(min_size=1, max_size=72)).map(
-    lambda m: _push(lambda w: push_certificate_verify(w, m)))
-
-
-def body_strategy(msg_type: int, setup: Setup) -> st.SearchStrategy[bytes]:
-    """Well-formed bodies of the type (the genuine one where it matters) or random bytes."""
-    conn = setup.conn
-    valid: st.SearchStrategy[bytes]
-    if msg_type == HandshakeType.CLIENT_HELLO:
-        valid = client_hello_bodies(conn.client_random if conn is not None and not conn._config.is_client else None)
-    elif msg_type == HandshakeType.SERVER_HELLO:
-        valid = server_hello_bodies
-    elif msg_type == HandshakeType.HELLO_VERIFY_REQUEST:
-        valid = hello_verify_bodies
-    elif msg_type == HandshakeType.SERVER_KEY_EXCHANGE:
-        valid = st.one_of(psk_identity_bodies, ecdhe_ske_bodies)
-    elif msg_type == HandshakeType.CLIENT_KEY_EXCHANGE:
-        valid = st.one_of(psk_identity_bodies, ecdhe_cke_bodies)
-    elif msg_type == HandshakeType.CERTIFICATE:
-        valid = certificate_bodies
-    elif msg_type == HandshakeType.CERTIFICATE_REQUEST:
-        valid = certificate_request_bodies
-    elif msg_type == HandshakeType.CERTIFICATE_VERIFY:
-        valid = certificate_verify_bodies
-    elif msg_type in (HandshakeType.HELLO_REQUEST, HandshakeType.SERVER_HELLO_DONE):
-        valid = st.just(b"")
-    elif msg_type == HandshakeType.FINISHED:
-        valid = st.binary(min_size=12, max_size=12)
-        if conn is not None and conn._master_mac is not None:
-            genuine = conn._finished_data(not conn._config.is_client)  # what the peer's Finished must say
-            valid = st.one_of(st.just(genuine), valid)
-    else:
-        valid = st.binary(max_size=40)
-    if msg_type in setup.genuine:  # the peer's real message of this handshake
-        valid = st.one_of(st.just(setup.genuine[msg_type]), valid)
-    return st.one_of(valid, st.binary(max_size=80))
+# -- concrete inputs ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -343,13 +304,6 @@ class Input:
     body: bytes = b""
     well_formed: bool = True
     hello_route: str = "conn"
-
-
-def read_cipher(conn: DTLSConnection) -> CipherState:
-    """The cipher state of the records ``conn`` reads in epoch 1, i.e. its peer's write keys."""
-    cipher = conn._read_cipher or conn._next_read_cipher
-    assert cipher is not None
-    return cipher
 
 
 @st.composite
@@ -384,22 +338,60 @@ def inputs(draw: st.DrawFn, setup: Setup, row: Row, kind: Kind, epoch: str) -> I
             payload = draw(st.binary(max_size=4).filter(lambda b: len(b) != 2))
         inp.body = payload
         inp.well_formed = len(payload) == 2
+    elif kind.content == ContentType.RETURN_ROUTABILITY_CHECK:
+        inp.body = payload = draw(st.one_of(st.sampled_from([0, 1, 2, 9]).map(lambda t: bytes((t,)) + bytes(8)),
+                                            st.binary(max_size=12)))
     else:
         inp.body = payload = draw(st.binary(max_size=100))
     record_seq = 100 + draw(st.integers(0, 20))
-    if epoch == "0":
+    conn = setup.conn
+    if kind.content == ContentType.TLS12_CID:
+        inp.body, inp.record = _cid_input(draw, conn, kind, epoch, record_seq)
+    elif epoch == "0":
         inp.record = encode_plain(kind.content, record_seq, payload)
     elif epoch == "1":
-        assert setup.conn is not None
-        inp.record = read_cipher(setup.conn).protect(kind.content, (1 << 48) | record_seq, payload)
-    elif setup.conn is not None and (setup.conn._read_cipher or setup.conn._next_read_cipher) is not None:
-        sealed = bytearray(read_cipher(setup.conn).protect(kind.content, (1 << 48) | record_seq, payload))
-        pos = draw(st.integers(13, len(sealed) - 1))
-        sealed[pos] ^= draw(st.integers(1, 255))
-        inp.record = bytes(sealed)
+        assert conn is not None
+        inp.record = seal(conn, kind.content, (1 << 48) | record_seq, payload)
+    elif conn is not None and (conn._read_cipher or conn._next_read_cipher) is not None:
+        inp.record = _corrupt(draw, seal(conn, kind.content, (1 << 48) | record_seq, payload), header_len(conn._cid))
     else:
         inp.record = encode_plain(kind.content, (1 << 48) | record_seq, draw(st.binary(max_size=60)))
     return inp
+
+
+def _corrupt(draw: st.DrawFn, record: bytes, header: int) -> bytes:
+    """One byte of the protected part changed (the header stays: the record still reaches the connection)."""
+    sealed = bytearray(record)
+    pos = draw(st.integers(header, len(sealed) - 1))
+    sealed[pos] ^= draw(st.integers(1, 255))
+    return bytes(sealed)
+
+
+#: Inner content types that do not exist in DTLS 1.2 (0 is padding, never a type).
+BAD_INNER_TYPES = [t for t in range(1, 256) if not 20 <= t <= 23]
+
+
+def _cid_input(draw: st.DrawFn, conn: DTLSConnection | None, kind: Kind, epoch: str,
+               record_seq: int) -> tuple[bytes, bytes]:
+    """(body, datagram) of a tls12_cid kind: with the connection's CID (a stranger's when it has none) or
+    another one; in epoch 0, or without keys, with an unprotected fragment (a ChangeCipherSpec body, often)."""
+    own = conn._cid if conn is not None and conn._cid else STRANGER_CID
+    cid = other_cid(own) if kind.cid == "other-cid" else own
+    epoch_seq = (1 << 48) | record_seq
+    if epoch == "0" or conn is None or (conn._read_cipher or conn._next_read_cipher) is None:
+        body = draw(st.one_of(st.just(b"\x01"), st.binary(max_size=24)))
+        return body, plain_cid_record(cid, record_seq if epoch == "0" else epoch_seq, body)
+    header = header_len(cid)
+    body = draw(st.binary(max_size=40))
+    if kind.cid == "without-cid":
+        record, header = seal(conn, ContentType.APPLICATION_DATA, epoch_seq, body, classic=True), 13
+    elif kind.cid == "no-type":
+        body = b""
+        record = seal_without_type(conn, epoch_seq, draw(st.integers(1, 32)), cid)
+    else:
+        types = BAD_INNER_TYPES if kind.cid == "bad-type" else [21, 22, 23]
+        record = peer_cipher(conn).protect_cid(draw(st.sampled_from(types)), epoch_seq, body, cid)
+    return body, _corrupt(draw, record, header) if epoch == "1*" else record
 
 
 def _hello_route(body: bytes, setup: Setup) -> str:
@@ -455,14 +447,19 @@ class Observed:
     parts_before: set[int]
     flight_before: list[tuple[int, int]]
     early_before: int
+    epoch_before: tuple[int, bool]  # the read epoch and whether a ChangeCipherSpec waits (``_early_ccs``)
 
 
-def _conn_snapshot(conn: DTLSConnection | None) -> tuple[State | None, int, set[int], list[tuple[int, int]], int]:
+Snapshot = tuple[State | None, int, set[int], list[tuple[int, int]], int, tuple[int, bool]]
+
+
+def _conn_snapshot(conn: DTLSConnection | None) -> Snapshot:
     if conn is None:
-        return None, 0, set(), [], 0
+        return None, 0, set(), [], 0, (0, False)
     flight = [(int(ContentType.CHANGE_CIPHER_SPEC if m.msg_type < 0 else ContentType.HANDSHAKE), m.epoch)
               for m in conn._flight]
-    return conn.state, len(conn._future), set(conn._reasm._parts), flight, len(conn._early_data)
+    return (conn.state, len(conn._future), set(conn._reasm._parts), flight, len(conn._early_data),
+            (conn._read_epoch, conn._early_ccs))
 
 
 def inject(row: Row, setup: Setup, inp: Input) -> Observed:
@@ -470,7 +467,7 @@ def inject(row: Row, setup: Setup, inp: Input) -> Observed:
     pair.now += DELAY
     drain(pair.client)
     drain_server(pair.server)
-    state, future, parts, flight, early = _conn_snapshot(setup.conn)
+    before = _conn_snapshot(setup.conn)
     with spying() as calls:
         if row.role == "client":
             pair.client.receive_datagram(inp.record, pair.now)
@@ -480,19 +477,16 @@ def inject(row: Row, setup: Setup, inp: Input) -> Observed:
             pair.server.receive_datagram(inp.record, CLIENT_ADDR, pair.now)
             events = [e for a, e in drain_server(pair.server) if a == CLIENT_ADDR]
             out = [d for d, a in pair.server.datagrams_to_send(pair.now) if a == CLIENT_ADDR]
-    return Observed(events, out, list(calls), state, future, parts, flight, early)
+    return Observed(events, out, list(calls), *before)
 
 
 def alerts_sent(conn: DTLSConnection, out: list[bytes]) -> list[tuple[int, int]]:
     found = []
-    for d in out:
-        for rec in split_records(d):
-            if rec.content_type != ContentType.ALERT:
-                continue
-            payload = rec.fragment if rec.epoch == 0 else conn._write_cipher.unprotect(rec) \
-                if conn._write_cipher is not None else None
-            assert payload is not None and len(payload) == 2, rec.fragment
-            found.append((payload[0], payload[1]))
+    for content_type, _, payload in records_sent(conn, out):
+        if content_type != ContentType.ALERT:
+            continue
+        assert payload is not None and len(payload) == 2, payload
+        found.append((payload[0], payload[1]))
     return found
 
 
@@ -532,11 +526,12 @@ def check(row: Row, setup: Setup, inp: Input, want: Outcome, got: Observed) -> N
             assert isinstance(err, AlertError) and not err.remote, err  # the handler refused the body
             assert conn.is_closed
             assert (AlertLevel.FATAL, err.description) in alerts_sent(conn, got.out)
-        if inp.kind.content == ContentType.CHANGE_CIPHER_SPEC:  # rule 5: switch now or at the key exchange
-            assert (conn._read_epoch, conn._early_ccs) == ((1, False) if row.keys else (0, True)), row
+        if inp.kind.content == ContentType.CHANGE_CIPHER_SPEC:  # rule 5: switch now, or at the key exchange or
+            switch = row.keys and row.state not in TICKET_BEFORE_CCS  # the NewSessionTicket
+            assert (conn._read_epoch, conn._early_ccs) == ((1, False) if switch else (0, True)), row
         return
-    # Every other outcome is quiet: no handler runs, the state stays.
-    assert not any(c[0] == "handshake" for c in got.calls), got.calls
+    # Every other outcome is quiet: no handler runs (no ChangeCipherSpec handler either), the state stays.
+    assert not got.calls, got.calls
     if want is Outcome.HELLO_VERIFY:
         assert got.events == []
         (reply,) = got.out
@@ -573,7 +568,7 @@ def check(row: Row, setup: Setup, inp: Input, want: Outcome, got: Observed) -> N
     elif want is Outcome.RETRANSMIT:
         assert got.events == []
         assert bool(got.flight_before) == row.keeps_flight, got.flight_before
-        sent = [(r.content_type, r.epoch) for d in got.out for r in split_records(d)]
+        sent = [(content_type, epoch) for content_type, epoch, _ in records_sent(conn, got.out)]
         assert sent == got.flight_before, "an old message_seq must be answered by our last flight, if we keep one"
     else:
         assert got.events == [] and got.out == [], (got.events, got.out)
@@ -581,6 +576,8 @@ def check(row: Row, setup: Setup, inp: Input, want: Outcome, got: Observed) -> N
         assert CLIENT_ADDR not in server.connections
         return
     assert conn is not None and conn.state is got.state_before
+    if row.state is not State.CLOSED:
+        assert (conn._read_epoch, conn._early_ccs) == got.epoch_before
     if row.role == "server":
         assert server.connections.get(CLIENT_ADDR) is conn
     parts, future = set(conn._reasm._parts), len(conn._future)

@@ -1,6 +1,8 @@
 """The rows of the state-table tests (tests/test_state_table.py): handshake states in both roles, each reached by
-driving a real client/server pair (PSK, and ECDHE-ECDSA with raw public keys and mutual authentication), and the
-outcomes a record can have there."""
+driving a real client/server pair (PSK, ECDHE-ECDSA with raw public keys and mutual authentication, and PSK with
+session tickets, abbreviated handshakes and Connection IDs), and the outcomes a record can have there. One state,
+the client's RESUME_WAIT_TICKET, needs a server that renews a ticket when it resumes, which DTLSServer never does:
+its row is driven against tests/ticket_renewal's scripted server."""
 
 from __future__ import annotations
 
@@ -18,13 +20,16 @@ from helpers import (
     established_pair,
     half_steps,
     raw_records,
+    seeded,
     split_messages,
     to_client,
     to_server,
 )
 from hypothesis import HealthCheck, settings
+from state_cid import raw_records as cid_records
+from ticket_renewal import RenewingServer
 
-from iotdtls import DTLSConnection
+from iotdtls import DTLSConnection, TicketKeys
 from iotdtls.constants import (
     AlertDescription,
     AlertLevel,
@@ -118,6 +123,9 @@ class Row:
     keeps_flight: bool = False  # our last flight is kept for retransmission
     front_only: bool = False  # the server front has no connection for the address (none yet, or removed)
     pk: bool = False  # reached with an ECDHE-ECDSA handshake (raw public keys, mutual authentication)
+    ext: bool = False  # a state of session tickets, resumption or Connection ID (its own tables in the docs)
+    cid: bool = False  # the connection reads tls12_cid records (RFC 9146): epoch-1 inputs carry its CID
+    scripted: bool = False  # the peer is tests/ticket_renewal.RenewingServer, not an iotdtls server front
 
     @property
     def id(self) -> str:
@@ -334,6 +342,130 @@ ROWS += PK_ROWS
 
 # SERVER_START is not reachable through DTLSServer: the front creates a connection and accepts its ClientHello
 # in one call. It appears in no row.
+
+
+
+
+# -- session tickets, abbreviated handshakes and Connection ID -------------------------------------------------
+# PSK pairs. A ticket-issuing server front: both sides with ``session_tickets=True``, the front with TicketKeys.
+# Resumption: a second client offers the session of a first, completed handshake to the same server front (after
+# the front closed the first one), by session ID (the default cache) or, in the (cid) rows, by ticket. The (cid)
+# rows negotiate 4-byte connection IDs both ways, so their epoch-1 records travel as tls12_cid.
+
+TICKETS: dict[str, object] = {"session_tickets": True}
+CID: dict[str, object] = {"cid_length": 4}
+CID_LEN = 4
+
+
+def _ticket_keys() -> TicketKeys:
+    return TicketKeys(seeded(9))
+
+
+def _client_wait_ticket(cid: bool) -> Setup:
+    kw = {**TICKETS, **CID} if cid else TICKETS
+    pair = Pair(kw, kw, ticket_keys=_ticket_keys())
+    pair.client.connect(pair.now)
+    half_steps(pair, 4)
+    (final,) = pair.c2s()
+    if not cid:
+        return Setup(pair, pair.client)
+    to_server(pair, [final])
+    drain_server(pair.server)
+    (flight,) = pair.s2c()
+    ticket, ccs, _ = cid_records(flight, CID_LEN)
+    to_client(pair, [ccs])  # the server's ChangeCipherSpec overtook its NewSessionTicket (lost)
+    (nst,) = parse_fragments(ticket[13:])  # a plaintext record: the fragment follows the header
+    return Setup(pair, pair.client, {HandshakeType.NEW_SESSION_TICKET: nst.body})
+
+
+def resumption_pair(cid: bool) -> Pair:
+    """A new client that has called ``connect(session=...)`` with the session of a first handshake with the same
+    server front; nothing delivered yet."""
+    kw = {**TICKETS, **CID} if cid else {}
+    first = established_pair(kw, kw, **({"ticket_keys": _ticket_keys()} if cid else {}))
+    session = first.client.session
+    assert session is not None
+    first.server.close(CLIENT_ADDR)
+    first.s2c()
+    drain_server(first.server)
+    pair = Pair(kw, kw)
+    pair.server = first.server
+    pair.client.connect(pair.now, session=session)
+    return pair
+
+
+def _client_resume(records: int, cid: bool) -> Setup:
+    """The client after the first ``records`` records (ServerHello, ChangeCipherSpec, Finished) of the server's
+    abbreviated flight."""
+    pair = resumption_pair(cid)
+    half_steps(pair, 3)
+    (flight,) = pair.s2c()
+    to_client(pair, cid_records(flight, CID_LEN if cid else 0)[:records])
+    return Setup(pair, pair.client)
+
+
+def renewal_setup() -> tuple[Pair, RenewingServer, list[bytes]]:
+    """A client resuming a ticket session with tests/ticket_renewal's scripted server, which renews the ticket;
+    the scripted flight (ServerHello, NewSessionTicket, ChangeCipherSpec, Finished) not delivered yet."""
+    first = established_pair(TICKETS, TICKETS, ticket_keys=_ticket_keys())
+    session = first.client.session
+    assert session is not None
+    pair = Pair(TICKETS, TICKETS)
+    pair.client.connect(pair.now, session=session)
+    script = RenewingServer(session, seeded(5))
+    (hello,) = pair.c2s()
+    return pair, script, script.answer(hello)
+
+
+def _client_resume_wait_ticket() -> Setup:
+    pair, script, flight = renewal_setup()
+    to_client(pair, flight[:1])  # the ServerHello: resumed, a ticket promised
+    return Setup(pair, pair.client, dict(script.sent))
+
+
+def _server_resume(ccs: bool, cid: bool) -> Setup:
+    pair = resumption_pair(cid)
+    half_steps(pair, 3)
+    if ccs:
+        to_client(pair, pair.s2c())
+        (final,) = pair.c2s()
+        to_server(pair, cid_records(final, CID_LEN if cid else 0)[:1])  # the client's CCS, not its Finished
+    else:
+        pair.s2c()
+    return Setup(pair, pair.server_conn)
+
+
+def _established_cid(role: str) -> Setup:
+    pair = established_pair(CID, CID)
+    return Setup(pair, pair.client if role == "client" else pair.server_conn)
+
+
+EXT_ROWS: list[Row] = [
+    Row("WAIT_TICKET", "client", State.CLIENT_WAIT_TICKET, lambda: _client_wait_ticket(False), next_seq=3, keys=True,
+        keeps_flight=True, ext=True),
+    Row("WAIT_TICKET+CCS(cid)", "client", State.CLIENT_WAIT_TICKET, lambda: _client_wait_ticket(True), next_seq=3,
+        keys=True, keeps_flight=True, ext=True, cid=True),
+    Row("RESUME_WAIT_TICKET", "client", State.CLIENT_RESUME_WAIT_TICKET, _client_resume_wait_ticket, next_seq=1,
+        keys=True, keeps_flight=True, ext=True, scripted=True),
+    Row("RESUME_WAIT_FINISHED", "client", State.CLIENT_RESUME_WAIT_FINISHED, lambda: _client_resume(1, False),
+        next_seq=2, keys=True, keeps_flight=True, ext=True),
+    Row("RESUME_WAIT_FINISHED+CCS", "client", State.CLIENT_RESUME_WAIT_FINISHED, lambda: _client_resume(2, False),
+        read_epoch=1, next_seq=2, keys=True, keeps_flight=True, ext=True),
+    Row("RESUME_WAIT_FINISHED+CCS(cid)", "client", State.CLIENT_RESUME_WAIT_FINISHED,
+        lambda: _client_resume(2, True), read_epoch=1, next_seq=2, keys=True, keeps_flight=True, ext=True, cid=True),
+    Row("ESTABLISHED(cid)", "client", State.ESTABLISHED, lambda: _established_cid("client"), read_epoch=1,
+        next_seq=4, keys=True, ext=True, cid=True),
+    Row("RESUME_WAIT_FINISHED", "server", State.SERVER_RESUME_WAIT_FINISHED, lambda: _server_resume(False, False),
+        next_seq=2, keys=True, keeps_flight=True, ext=True),
+    Row("RESUME_WAIT_FINISHED(cid)", "server", State.SERVER_RESUME_WAIT_FINISHED,
+        lambda: _server_resume(False, True), next_seq=2, keys=True, keeps_flight=True, ext=True, cid=True),
+    Row("RESUME_WAIT_FINISHED+CCS", "server", State.SERVER_RESUME_WAIT_FINISHED, lambda: _server_resume(True, False),
+        read_epoch=1, next_seq=2, keys=True, keeps_flight=True, ext=True),
+    Row("RESUME_WAIT_FINISHED+CCS(cid)", "server", State.SERVER_RESUME_WAIT_FINISHED,
+        lambda: _server_resume(True, True), read_epoch=1, next_seq=2, keys=True, keeps_flight=True, ext=True,
+        cid=True),
+    Row("ESTABLISHED(cid)", "server", State.ESTABLISHED, lambda: _established_cid("server"), read_epoch=1,
+        next_seq=4, keys=True, keeps_flight=True, ext=True, cid=True),
+]
+ROWS += EXT_ROWS
 REACHABLE = {(r.role, r.state) for r in ROWS}
-
-

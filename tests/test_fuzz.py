@@ -5,6 +5,11 @@ drops the input, or ends with a ConnectionTerminated whose error is a protocol a
 would mean a bug in the core), a HandshakeTimeout, close_notify or a replacement by a new handshake; nothing
 stays half-open once the timers have run; two established ends share working keys.
 
+Two PSK variants add the extensions of issue 18: 4-byte connection IDs both ways, a record_size_limit and RFC 5077
+tickets (``cid-tickets``), and the same client resuming a ticket session with an abbreviated handshake
+(``resume-cid``): mutated tls12_cid records, NewSessionTickets and resumed flights, some of them from another
+address (where an authentic newer record moves the session).
+
 The same properties hold in the ECDHE-ECDSA states (raw public keys with and without a client key, X.509 with
 required client authentication, see ``PK_VARIANTS``): the server flight and the client's final flight are
 delivered in part, so every public-key state of both roles is fuzzed, and the mutated datagrams come from
@@ -25,11 +30,13 @@ from helpers import (
     CLIENT_ADDR,
     Pair,
     PkPair,
+    client_config,
     drain,
     drain_server,
     half_steps,
     raw_records,
     run_until,
+    seeded,
     split_messages,
     to_client,
     to_server,
@@ -37,7 +44,16 @@ from helpers import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iotdtls import ConnectionTerminated, DataReceived, HandshakeCompleted, HandshakeTimeout, SessionEvicted
+from iotdtls import (
+    ConnectionTerminated,
+    DataReceived,
+    DTLSConnection,
+    HandshakeCompleted,
+    HandshakeTimeout,
+    Session,
+    SessionEvicted,
+    TicketKeys,
+)
 from iotdtls.constants import CipherSuite, ContentType, HandshakeType
 from iotdtls.errors import AlertError, InternalError
 from iotdtls.events import Event
@@ -53,7 +69,11 @@ FUZZ = settings(max_examples=int(os.environ.get("IOTDTLS_FUZZ_EXAMPLES", "600"))
 FUZZ_DIR = Path(__file__).resolve().parent.parent / "fuzz"
 if str(FUZZ_DIR) not in sys.path:
     sys.path.insert(0, str(FUZZ_DIR))
-from fixed_pki import x509_kw  # noqa: E402  (deterministic certificates, shared with the fuzz targets)
+from fixed_pki import WALL_TIME, x509_kw  # noqa: E402  (deterministic certificates, shared with the fuzz targets)
+
+#: Connection IDs, record_size_limit and tickets on both sides; a fixed wall clock keeps the tickets the same.
+TICKET_KW: dict[str, object] = {"cid_length": 4, "record_size_limit": 256, "session_tickets": True,
+                                "wall_time": lambda: WALL_TIME}
 
 #: name -> (kind of pair: "psk", "rpk" (tests/helpers.PkPair) or "x509", client keywords, server keywords)
 VARIANTS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
@@ -62,6 +82,8 @@ VARIANTS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
     "mtu64": ("psk", {"mtu": 64}, {"mtu": 64}),
     "ccm-no-ems": ("psk", {"cipher_suites": [CipherSuite.TLS_PSK_WITH_AES_128_CCM], "extended_master_secret": False},
                    {}),
+    "cid-tickets": ("ticket", TICKET_KW, TICKET_KW),
+    "resume-cid": ("resume", TICKET_KW, TICKET_KW),
 }
 PK_VARIANTS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
     "rpk-mutual": ("rpk", {}, {}),
@@ -90,7 +112,9 @@ OTHER_ADDR = ("198.51.100.23", 4444)
 
 class FuzzPair(Pair):
     """A pair whose client only hears what the server sends to the client's address (the fuzzer also talks
-    to the server from another address)."""
+    to the server from another address). ``session``: what the client offers when it connects."""
+
+    session: Session | None = None
 
     def s2c(self) -> list[bytes]:
         out = [d for d, addr in self.server.datagrams_to_send(self.now) if addr == CLIENT_ADDR]
@@ -108,12 +132,24 @@ def make_pair(variant: str) -> Pair:
         return FuzzPkPair(dict(client_kw), dict(server_kw))
     if kind == "x509":
         return FuzzPair(x509_kw("client", **client_kw), x509_kw("server", **server_kw))
+    if kind in ("ticket", "resume"):
+        pair = FuzzPair(dict(client_kw), dict(server_kw), ticket_keys=TicketKeys(seeded(9)))  # type: ignore[arg-type]
+        if kind == "resume":  # a first, complete handshake with the same server front leaves a ticket
+            pair.handshake()
+            pair.session = pair.client.session
+            assert pair.session is not None
+            pair.server.close(CLIENT_ADDR)
+            pair.s2c()
+            drain_server(pair.server)
+            pair.client = DTLSConnection(client_config(**client_kw), peer="server")
+            pair.wire.clear()
+        return pair
     return FuzzPair(dict(client_kw), dict(server_kw))
 
 
 def pair_at(variant: str, stage: int) -> Pair:
     pair = make_pair(variant)
-    pair.client.connect(pair.now)
+    pair.client.connect(pair.now, session=getattr(pair, "session", None))
     if stage >= 8:
         _inside_a_flight(pair, stage)
         return pair
@@ -210,9 +246,13 @@ mutations: st.SearchStrategy[Mutation] = st.one_of(
 def random_record(draw: st.DrawFn) -> bytes:
     """A well-framed record of any type and epoch with random content; handshake records get a plausible
     handshake header so the reassembler is reached."""
-    ctype = draw(st.sampled_from([20, 21, 22, 23]))
+    ctype = draw(st.sampled_from([20, 21, 22, 23, 23, 25, 27]))
     epoch = draw(st.sampled_from([0, 0, 1, 2]))
     seq = draw(st.one_of(st.integers(0, 80), st.integers(0, (1 << 48) - 1)))
+    if ctype == ContentType.TLS12_CID:  # RFC 9146: a CID (4 bytes: the variants' length) after the sequence number
+        payload = draw(st.binary(max_size=120))
+        return encode_plain(ctype, (epoch << 48) | seq, b"")[:11] + draw(st.binary(min_size=4, max_size=4)) + \
+            len(payload).to_bytes(2, "big") + payload
     if ctype == ContentType.HANDSHAKE and epoch == 0 and draw(st.booleans()):
         msg_type = draw(st.sampled_from([*HandshakeType, 99]))
         length = draw(st.integers(0, 300))

@@ -23,21 +23,36 @@ if str(FUZZ_DIR) not in sys.path:
 import fuzz_client  # noqa: E402
 import fuzz_handshake_messages  # noqa: E402
 import fuzz_record  # noqa: E402
+import fuzz_resumption  # noqa: E402
 import fuzz_server  # noqa: E402
 from _harness import frames  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
-from endpoints import CLIENT_STATES, addr_of, client_pair, make_pair, seal_for, server_pair  # noqa: E402
+from endpoints import (  # noqa: E402
+    CLIENT_STATES,
+    SERVER_VARIANTS,
+    addr_of,
+    client_pair,
+    make_pair,
+    seal_for,
+    server_pair,
+)
 from fixed_pki import certificates  # noqa: E402
-from helpers import CLIENT_ADDR, drain, drain_server, p256_key, pin_of, to_client, to_server  # noqa: E402
+from helpers import CLIENT_ADDR, drain, drain_server, p256_key, pin_of, seeded, to_client, to_server  # noqa: E402
 
-from iotdtls import ConnectionTerminated, HandshakeCompleted  # noqa: E402
+from iotdtls import (  # noqa: E402
+    ConnectionTerminated,
+    HandshakeCompleted,
+    PeerAddressChanged,
+    Session,
+    TicketKeys,
+)
 from iotdtls.constants import AlertDescription  # noqa: E402
-from iotdtls.errors import AlertError, InternalError  # noqa: E402
+from iotdtls.errors import AlertError, DecodeError, InternalError  # noqa: E402
 from iotdtls.handshake import State  # noqa: E402
 from iotdtls.trust import TrustStore  # noqa: E402
 
 TARGETS: dict[str, ModuleType] = {m.__name__: m for m in (fuzz_record, fuzz_handshake_messages, fuzz_server,
-                                                          fuzz_client)}
+                                                          fuzz_client, fuzz_resumption)}
 
 
 #: Committed crash inputs of bugs not fixed yet: "<target>/<file>" -> reason; they run as strict xfails.
@@ -194,3 +209,55 @@ def test_client_seeds_still_complete_the_handshake_from_every_state() -> None:
     stale = [CLIENT_STATES[i][0] for i, ok in sorted(completed.items()) if not ok]
     assert len(completed) == len(CLIENT_STATES) and not stale, \
         f"stale seeds for {stale}: regenerate them with python fuzz/seeds.py"
+
+
+@pytest.mark.xfail(strict=True, reason="open bug: TicketKeys.from_bytes raises ValueError (zip strict) for a file "
+                                       "with no key instead of loading it (or raising DecodeError)")
+def test_ticket_key_file_without_keys_loads() -> None:
+    """Found by fuzz_resumption in its first 18 s run (fuzz/crashes/fuzz_resumption/ticket-key-file-without-keys):
+    a key file that declares no key. ``to_bytes`` writes exactly that once every key expired (``open`` drops
+    expired keys and sets ``needs_save``; the gateway then saves), so a server idle for longer than the key
+    lifetime refuses its own file at the next start ("not a ticket key file"). The file must load (no keys: the
+    next seal makes one) or be refused with the documented DecodeError."""
+    keys = TicketKeys(seeded(1))
+    keys.rotate(1000.0)
+    assert keys.open(b"\x00" * 40, 1000.0 + 30 * 86400.0) is None and len(keys) == 0 and keys.needs_save
+    data = keys.to_bytes()
+    assert data == (FUZZ_DIR / "crashes" / "fuzz_resumption" / "ticket-key-file-without-keys").read_bytes()[1:]
+    try:
+        loaded = TicketKeys.from_bytes(data, seeded(2))
+    except DecodeError:
+        return
+    assert len(loaded) == 0
+
+
+def test_ticket_server_seeds_resume_and_move_a_session() -> None:
+    """The seeds of the ticket variants of fuzz_server reach the new paths: an abbreviated handshake from a fresh
+    address (HandshakeCompleted with resumed=True), and the established session's tls12_cid records arriving from
+    another address, which move it there (PeerAddressChanged; with RFC 9853 after the path challenge)."""
+    resumed = moved = 0
+    variants = [i for i, v in enumerate(SERVER_VARIANTS) if v[0] == "ticket"]
+    for path in sorted((FUZZ_DIR / "corpus" / "fuzz_server").glob("seed-*")):
+        data = path.read_bytes()
+        if data[0] not in variants:
+            continue
+        pair = server_pair(data[0])
+        for tag, datagram in frames(data[1:]):
+            pair.server.receive_datagram(datagram, addr_of(tag), pair.now)
+            for reply, addr in pair.server.datagrams_to_send(pair.now):
+                if addr == addr_of(tag) and addr_of(tag) == addr_of(7):
+                    pair.client.receive_datagram(reply, pair.now)  # the moved client answers challenges
+            for _, event in drain_server(pair.server):
+                resumed += isinstance(event, HandshakeCompleted) and event.resumed
+                moved += isinstance(event, PeerAddressChanged)
+    assert resumed >= len(variants) and moved >= len(variants), (resumed, moved)
+
+
+def test_resumption_seeds_open_their_tickets() -> None:
+    """fuzz_resumption's seeds parse and open: every reference encoding is a Session, and the genuine tickets
+    open to their sessions at the reference time (otherwise the target only ever sees refusals)."""
+    seeds = [p.read_bytes() for p in sorted((FUZZ_DIR / "corpus" / "fuzz_resumption").glob("seed-*"))]
+    sessions = [Session.from_bytes(s[1:]) for s in seeds if s[0] == 0]
+    opened = [fuzz_resumption._keys().open(s[2:], fuzz_resumption.TIMES[s[1]]) for s in seeds
+              if s[:2] == b"\x01\x00" and s[2:] in fuzz_resumption.TICKETS]
+    assert len(sessions) >= 4 and len(opened) == len(fuzz_resumption.TICKETS) and None not in opened

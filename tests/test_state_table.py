@@ -1,14 +1,18 @@
 """Every (state, input) pair of the handshake state machine, in both roles, against an oracle derived from the
 tables of ``iotdtls.handshake`` (``HANDSHAKE_TABLE``, ``CCS_TABLE``, ``PROTECTED_MESSAGES``, ``HANDSHAKING``,
 ``WAITING_FINISHED``) plus the short list of documented rules in :func:`expected_outcome`. The rows (states
-reached with a real pair) are in tests/state_rows.py, the inputs and the oracle in tests/state_oracle.py.
+reached with a real pair) are in tests/state_rows.py, the inputs and the oracle in tests/state_oracle.py
+(message bodies in tests/state_bodies.py, Connection ID records in tests/state_cid.py).
 
-Rows are states reached by driving a real client/server pair (``ROWS``): PSK handshakes, and ECDHE-ECDSA
+Rows are states reached by driving a real client/server pair (``ROWS``): PSK handshakes, ECDHE-ECDSA
 handshakes with raw public keys and mutual authentication (tests/helpers.PkPair, deterministic keys) for the
-public-key states. Inputs are every handshake type
+public-key states, and PSK handshakes with session tickets, abbreviated handshakes (session ID or ticket) and
+Connection IDs for their states. Inputs are every handshake type
 (unknown values included) at an in-order, old and future ``message_seq``, ChangeCipherSpec, warning / fatal /
 close_notify alerts and application data, each in epoch 0, in epoch 1 protected with the real keys (where keys
-exist) and in epoch 1 with a forged (unauthenticated) protection. Hypothesis generates the message bodies, valid
+exist; a tls12_cid record carrying the CID of a connection that uses one) and in epoch 1 with a forged
+(unauthenticated) protection; and tls12_cid records with an unknown or no inner content type, another CID, or a
+protected record without the CID where one is due. Hypothesis generates the message bodies, valid
 and random, for every cell. The whole matrix is rendered by ``python tests/test_state_table.py`` and kept in
 docs/fuzzing.md (``test_matrix_in_docs_is_current`` checks it is up to date).
 
@@ -38,7 +42,9 @@ from helpers import (
 )
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
+from state_cid import seal
 from state_oracle import (
+    CID_BAD_MAC,
     EPOCHS,
     KINDS,
     UNKNOWN_TYPE,
@@ -53,10 +59,10 @@ from state_oracle import (
     inject,
     inputs,
     only_termination,
-    read_cipher,
     terminations,
 )
-from state_rows import CELL, LEGEND, PATTERNS, REACHABLE, ROWS, Outcome, Row
+from state_rows import CELL, CID, LEGEND, PATTERNS, REACHABLE, ROWS, Outcome, Row, renewal_setup
+from ticket_renewal import RENEWED_TICKET
 
 from iotdtls import DataReceived, HandshakeCompleted
 from iotdtls.constants import (
@@ -66,6 +72,7 @@ from iotdtls.constants import (
     HandshakeType,
 )
 from iotdtls.errors import (
+    BadRecordMac,
     DecodeError,
     RemoteAlert,
     UnexpectedMessage,
@@ -140,18 +147,69 @@ def test_state_message_pair(row: Row, kind: Kind, epoch: str, data: st.DataObjec
 
 def test_genuine_finished_completes_in_both_roles() -> None:
     """The HANDLER cells of Finished with the genuine verify_data: the handshake completes (the random
-    bodies of the matrix test only show that the handler runs and refuses them), PSK and ECDHE-ECDSA."""
-    for row in (r for r in ROWS if r.name.startswith("WAIT_FINISHED+CCS")):
+    bodies of the matrix test only show that the handler runs and refuses them), PSK and ECDHE-ECDSA, full and
+    abbreviated handshakes, with and without a Connection ID (the Finished then travels as tls12_cid)."""
+    rows = [r for r in ROWS if r.read_epoch == 1 and (r.state, HandshakeType.FINISHED) in HANDSHAKE_TABLE]
+    assert len(rows) == 8
+    for row in rows:
         setup = row.build()
         conn = setup.conn
         assert conn is not None
         body = conn._finished_data(not conn._config.is_client)
-        rec = read_cipher(conn).protect(ContentType.HANDSHAKE, (1 << 48) | 100,
-                                        message_header(HandshakeType.FINISHED, 12, row.next_seq) + body)
+        rec = seal(conn, ContentType.HANDSHAKE, (1 << 48) | 100,
+                   message_header(HandshakeType.FINISHED, 12, row.next_seq) + body)
         got = inject(row, setup, Input(Kind(ContentType.HANDSHAKE, HandshakeType.FINISHED, "in-order"), "1", rec,
                                        HandshakeType.FINISHED, row.next_seq, body))
         assert got.calls == [("handshake", (row.state, HandshakeType.FINISHED))]
         assert conn.is_established and any(isinstance(e, HandshakeCompleted) for e in got.events)
+
+
+def test_genuine_new_session_ticket_then_finished_completes() -> None:
+    """The HANDLER cells of NewSessionTicket with the server's genuine ticket: the client then waits for the
+    Finished (reading epoch 1 at once when the server's ChangeCipherSpec overtook the ticket), completes with the
+    server's genuine Finished, and keeps the ticket to resume with."""
+    row = next(r for r in ROWS if r.name == "WAIT_TICKET+CCS(cid)")
+    setup = row.build()
+    conn = setup.conn
+    assert conn is not None and (conn._read_epoch, conn._early_ccs) == (0, True)
+    ticket = setup.genuine[HandshakeType.NEW_SESSION_TICKET]
+    got = inject(row, setup, Input(Kind(ContentType.HANDSHAKE, HandshakeType.NEW_SESSION_TICKET, "in-order"), "0",
+                                   encode_plain(ContentType.HANDSHAKE, 50, message_header(
+                                       HandshakeType.NEW_SESSION_TICKET, len(ticket), row.next_seq) + ticket)))
+    assert got.calls == [("handshake", (State.CLIENT_WAIT_TICKET, HandshakeType.NEW_SESSION_TICKET))]
+    assert conn.state is State.CLIENT_WAIT_FINISHED and (conn._read_epoch, conn._early_ccs) == (1, False)
+    run_until(setup.pair, 60.0)  # the server's Finished comes again, answering the client's retransmission
+    assert conn.is_established and setup.pair.server_conn.is_established
+    assert conn.session is not None and conn.session.ticket and conn.connection_id
+
+
+@pytest.mark.parametrize("order", [o for o in itertools.permutations(range(4)) if o.index(0) < o.index(2)], ids=str)
+def test_ticket_renewal_in_an_abbreviated_handshake_completes(order: tuple[int, ...]) -> None:
+    """RFC 5077 section 3.2 (figure 2), which no iotdtls server produces: the server resumes and renews the ticket
+    (tests/ticket_renewal.RenewingServer). Its ServerHello, NewSessionTicket, ChangeCipherSpec and Finished, one
+    record per datagram, in every order in which the ChangeCipherSpec follows the ServerHello (before it, the
+    ChangeCipherSpec is unexpected in WAIT_HELLO: the matrix): the NewSessionTicket waits for the ServerHello in
+    the reassembler, the Finished in the epoch-1 buffer, a ChangeCipherSpec that overtook the ticket for the
+    ticket. The client's Finished verifies and its session now holds the renewed ticket."""
+    pair, script, flight = renewal_setup()
+    to_client(pair, [flight[i] for i in order])
+    assert pair.client.is_established and pair.client.resumed, (order, pair.client.state, pair.client.error)
+    for datagram in pair.c2s():
+        script.receive(datagram)
+    assert script.finished_verified
+    session = pair.client.session
+    assert session is not None and session.ticket == RENEWED_TICKET
+
+
+@pytest.mark.xfail(strict=True, reason=CID_BAD_MAC)
+def test_wrong_psk_with_a_connection_id_fails_fast() -> None:
+    """The openssl #10906 pattern with a Connection ID (the ✗ BRM cells of the (cid) rows): the client's Finished
+    under a wrong key travels as tls12_cid. The server must end the handshake with bad_record_mac at once, as it
+    does without a CID, not leave it to the handshake timeout."""
+    pair = Pair({**CID, "psk": bytes(16)}, CID)
+    pair.handshake()
+    err = only_termination([e for _, e in drain_server(pair.server)])
+    assert isinstance(err, BadRecordMac) and not err.remote
 
 
 def test_handshake_record_before_connect_is_refused_and_cannot_poison_the_handshake() -> None:
@@ -178,10 +236,13 @@ def render_matrix() -> str:
              "authentication; `·` = not applicable (no keys yet, or no older message_seq). A ClientHello to the "
              "server is shown with the random of the connection's own ClientHello (others go to the stateless "
              "front: `hvr`). Malformed ChangeCipherSpec or alert payloads give `dec` wherever the record is "
-             "processed.", ""]
-    for role, pk in (("client", False), ("server", False), ("client", True), ("server", True)):
-        rows = [r for r in ROWS if r.role == role and r.pk == pk]
-        title = "ECDHE-ECDSA (raw public keys, mutual authentication)" if pk else "PSK and common states"
+             "processed. Rows marked (cid) negotiated 4-byte connection IDs both ways: their epoch-1 inputs are "
+             "tls12_cid records carrying the connection's CID.", ""]
+    titles = {"base": "PSK and common states", "pk": "ECDHE-ECDSA (raw public keys, mutual authentication)",
+              "ext": "session tickets, abbreviated handshakes and Connection ID (PSK)"}
+    for group, role in itertools.product(titles, ("client", "server")):
+        rows = [r for r in ROWS if r.role == role and group == ("pk" if r.pk else "ext" if r.ext else "base")]
+        title = titles[group]
         lines.append(f"**{role.capitalize()}: {title}**")
         lines.append("")
         lines.append("| input | " + " | ".join(r.name for r in rows) + " |")
@@ -284,7 +345,7 @@ def test_retransmitted_server_final_flight_after_completion_is_ignored_by_client
     assert drain(pair.client) == [] and pair.c2s() == [] and pair.client.is_established
 
 
-_after_close_kinds = st.sampled_from([k for k in KINDS if k.seq != "old"])
+_after_close_kinds = st.sampled_from([k for k in KINDS if k.seq != "old" and k.content != ContentType.TLS12_CID])
 
 
 @PATTERNS
@@ -392,7 +453,7 @@ def test_every_handshaking_row_lies_on_a_live_handshake() -> None:
     """Each row's state is a step of a real handshake, not a dead end: with retransmissions (the rows drop the
     rest of the flight they were built from) both sides complete."""
     for row in ROWS:
-        if row.state not in HANDSHAKING:
+        if row.state not in HANDSHAKING or row.scripted:  # the scripted peer: test_ticket_renewal_completes
             continue
         setup = row.build()
         setup.pair.pump()
