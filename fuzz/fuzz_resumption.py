@@ -55,7 +55,6 @@ _reference.rotate(WALL_TIME - 3600)
 #: Genuine tickets and the session each must open to.
 TICKETS = {_reference.seal(s, WALL_TIME): _as_sealed(s) for s in SESSIONS}
 KEYS_FILE = _reference.to_bytes()
-KEY_FILE_MAGIC = b"iotdtls ticket keys\x00"
 #: Times an input can open a ticket at (a byte picks one): around the sessions' lives, and beyond.
 TIMES = [WALL_TIME, WALL_TIME + 1, WALL_TIME + 599, WALL_TIME + 86399, WALL_TIME + LIFETIME, WALL_TIME - 300,
          WALL_TIME - 400, 0.0, -1.0, 1e300, math.inf, -math.inf, math.nan, 2.0**32, 2.0**53]
@@ -95,14 +94,6 @@ def _key_file(data: bytes) -> None:
         keys = TicketKeys.from_bytes(data, seeded(5), lifetime=LIFETIME)
     except DecodeError:
         return
-    except ValueError:
-        if data[len(KEY_FILE_MAGIC) + 1 : len(KEY_FILE_MAGIC) + 2] == b"\x00":
-            # Open bug, found here (fuzz/crashes/fuzz_resumption/ticket-key-file-without-keys): a file with no
-            # key, which to_bytes writes once every key expired, raises ValueError from zip(strict=True).
-            # tests/test_fuzz_regressions.py::test_ticket_key_file_without_keys_loads is its strict xfail; drop
-            # this branch with the fix.
-            return
-        raise
     if len(keys) > keys.max_keys:
         raise FuzzBug("more ticket keys loaded than max_keys")
     TicketKeys.from_bytes(keys.to_bytes(), seeded(5), lifetime=LIFETIME)

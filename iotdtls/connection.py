@@ -68,6 +68,7 @@ _APPLICATION_DATA = int(ContentType.APPLICATION_DATA)
 _CHANGE_CIPHER_SPEC = int(ContentType.CHANGE_CIPHER_SPEC)
 _TLS12_CID = int(ContentType.TLS12_CID)
 _RRC = int(ContentType.RETURN_ROUTABILITY_CHECK)
+_HANDSHAKE_OR_CID = frozenset({ContentType.HANDSHAKE, ContentType.TLS12_CID})
 _EPOCH1 = 1 << 48
 _NO_TRANSCRIPT = hashlib.sha256()
 _RENEGOTIATION = frozenset({HandshakeType.HELLO_REQUEST, HandshakeType.CLIENT_HELLO})
@@ -377,6 +378,8 @@ class DTLSConnection(HandshakeLayer):
                 return
             content_type = record.content_type
             if epoch == 0:
+                if content_type > _APPLICATION_DATA:
+                    return  # tls12_cid and return_routability_check records exist only protected (RFC 9146 4)
                 payload = record.fragment
             else:
                 assert self._read_cipher is not None
@@ -395,7 +398,7 @@ class DTLSConnection(HandshakeLayer):
                 else:
                     opened = self._read_cipher.unprotect(record)
                 if opened is None:
-                    if self._state in WAITING_FINISHED and record.content_type == ContentType.HANDSHAKE:
+                    if self._state in WAITING_FINISHED and record.content_type in _HANDSHAKE_OR_CID:
                         # The peer's Finished does not authenticate: our keys differ (wrong PSK). Fail fast
                         # instead of hanging (openssl #10906). Other records, e.g. stale ones of a previous
                         # session, are dropped as RFC 6347 4.1.2.7 says.
@@ -441,8 +444,10 @@ class DTLSConnection(HandshakeLayer):
             self._on_alert(payload)
         elif content_type == _RRC:
             self._on_return_routability_check(payload, epoch)
-        else:
+        elif content_type == ContentType.CHANGE_CIPHER_SPEC:
             self._on_change_cipher_spec(payload)
+        else:
+            raise UnexpectedMessage(f"content type {content_type}")
 
     # -- return routability check (RFC 9853) ---------------------------------------------------------
     def path_challenge(self) -> bytes | None:

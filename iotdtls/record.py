@@ -151,8 +151,9 @@ class CipherState:
             epoch_seq.to_bytes(8, "big") + sealed
 
     def open_cid(self, record: Record) -> tuple[int, bytes] | None:
-        """Real content type and content of a ``tls12_cid`` record; ``None`` when it does not authenticate or its
-        inner plaintext has no content type."""
+        """Real content type and content of a ``tls12_cid`` record; ``None`` when it does not authenticate. An
+        authentic inner plaintext with no content type (all zeros) gives type 0, which the caller refuses with
+        unexpected_message (RFC 9146 section 4, RFC 8446 section 5.4)."""
         frag = record.fragment
         ilen = len(frag) - self.overhead
         if ilen < 1 or ilen > MAX_PLAINTEXT + 1:
@@ -164,7 +165,7 @@ class CipherState:
             inner = self._aead.decrypt(self._iv + frag[:8], frag[8:], aad)
         except InvalidTag:
             return None
-        return split_inner_plaintext(inner)
+        return split_inner_plaintext(inner) or (0, b"")
 
     def unprotect(self, record: Record) -> bytes | None:
         """The plaintext of a parsed record, or ``None`` when it does not authenticate."""

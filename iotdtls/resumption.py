@@ -510,7 +510,7 @@ class TicketKeys:
             loaded.append(_TicketKey(name, secret, started, last_used, sealed))
         if not buf.eof():
             raise DecodeError("trailing bytes after the ticket keys")
-        for k, successor in zip(loaded, [*loaded[1:], None], strict=True):
+        for k, successor in zip(loaded, [*loaded[1:], None], strict=False):  # a file with no key loads empty
             end = k.started + keys._rotation
             if successor is not None:
                 end = min(end, successor.started)

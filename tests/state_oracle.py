@@ -157,8 +157,9 @@ def expected_outcome(row: Row, kind: Kind, epoch: str, *, well_formed: bool = Tr
        authentic one with an inner content type that does not exist, or with none (an all-zero inner plaintext:
        RFC 9146 section 4 refers to RFC 8446 section 5.4, whose receiver "MUST terminate the connection with an
        unexpected_message alert"), is unexpected_message.
-    8. return_routability_check (RFC 9853), which no row negotiates: unexpected_message wherever the record is
-       processed (rule 3 decides where).
+    8. return_routability_check (RFC 9853), which no row negotiates: it exists only protected, so in epoch 0 it
+       is dropped like a tls12_cid record; in epoch 1, unexpected_message wherever the record is processed (rule
+       3 decides where).
     """
     content = kind.content
     hello = content == ContentType.HANDSHAKE and kind.msg_type == HandshakeType.CLIENT_HELLO and epoch == "0"
@@ -170,6 +171,8 @@ def expected_outcome(row: Row, kind: Kind, epoch: str, *, well_formed: bool = Tr
     assert row.state is not None
     if content == ContentType.TLS12_CID:
         return _cid_outcome(row, kind, epoch)
+    if content == ContentType.RETURN_ROUTABILITY_CHECK and epoch == "0":
+        return Outcome.DROP  # rule 8
     record_epoch = 0 if epoch == "0" else 1
     if record_epoch != row.read_epoch:  # rule 3
         if record_epoch == 1:
@@ -244,37 +247,13 @@ def expects_unprotected(state: State) -> bool:
 # KNOWN_DEVIATIONS was emptied by 08c6732, which fixed the only deviation found in the base handshake: the client
 # stored handshake records received before connect() in its reassembler instead of refusing them (a stored
 # message later collided with the server's message of the same message_seq and killed the handshake with
-# illegal_parameter). ``cid_deviation`` holds those of the Connection ID rows (docs/fuzzing.md).
+# illegal_parameter). The three deviations found in the Connection ID rows (a tls12_cid record in epoch 0 reaching
+# the ChangeCipherSpec handler, an all-zero inner plaintext dropped instead of unexpected_message, a wrong PSK with
+# a CID failing only at the handshake timeout) were fixed with the commit after 85ca6f8.
 KNOWN_DEVIATIONS: dict[tuple[str, State | None, ContentType, str], str] = {}
 
-CID_IN_EPOCH_0 = ("RFC 9146 section 4: a tls12_cid record in epoch 0 is processed as if it were a ChangeCipherSpec "
-                  "(DTLSConnection._dispatch sends every type it does not know to _on_change_cipher_spec) instead "
-                  "of being dropped")
-CID_NO_TYPE = ("RFC 9146 section 4 / RFC 8446 section 5.4: an authentic tls12_cid record whose inner plaintext has "
-               "no non-zero byte is dropped like a forgery (open_cid returns None) instead of ending the "
-               "connection with unexpected_message")
-CID_BAD_MAC = ("rule 3 (the fail-fast rule of openssl #10906, not an RFC requirement): with a Connection ID a "
-               "Finished that fails authentication is dropped (the check looks at the outer type, tls12_cid, not "
-               "handshake): a wrong PSK hangs until the handshake timeout instead of failing with bad_record_mac")
-
-
-def cid_deviation(row: Row, kind: Kind, epoch: str) -> str | None:
-    """The known deviations of the rows with a Connection ID."""
-    if not row.cid or row.front_only or row.state is State.CLOSED:
-        return None
-    own = kind.content != ContentType.TLS12_CID or kind.cid in ("bad-type", "no-type")
-    if epoch == "0" and kind.content == ContentType.TLS12_CID and row.read_epoch == 0 and \
-            not (row.role == "server" and kind.cid == "other-cid"):
-        return CID_IN_EPOCH_0
-    if row.read_epoch == 1 and epoch == "1" and kind.cid == "no-type":
-        return CID_NO_TYPE
-    if row.read_epoch == 1 and epoch == "1*" and own and row.state in WAITING_FINISHED:
-        return CID_BAD_MAC
-    return None
-
-
 def deviation(row: Row, kind: Kind, epoch: str) -> str | None:
-    return cid_deviation(row, kind, epoch) or KNOWN_DEVIATIONS.get((row.role, row.state, kind.content, epoch))
+    return KNOWN_DEVIATIONS.get((row.role, row.state, kind.content, epoch))
 
 
 def cells() -> list[object]:

@@ -211,8 +211,6 @@ def test_client_seeds_still_complete_the_handshake_from_every_state() -> None:
         f"stale seeds for {stale}: regenerate them with python fuzz/seeds.py"
 
 
-@pytest.mark.xfail(strict=True, reason="open bug: TicketKeys.from_bytes raises ValueError (zip strict) for a file "
-                                       "with no key instead of loading it (or raising DecodeError)")
 def test_ticket_key_file_without_keys_loads() -> None:
     """Found by fuzz_resumption in its first 18 s run (fuzz/crashes/fuzz_resumption/ticket-key-file-without-keys):
     a key file that declares no key. ``to_bytes`` writes exactly that once every key expired (``open`` drops

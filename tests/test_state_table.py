@@ -44,7 +44,6 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from state_cid import seal
 from state_oracle import (
-    CID_BAD_MAC,
     EPOCHS,
     KINDS,
     UNKNOWN_TYPE,
@@ -201,7 +200,6 @@ def test_ticket_renewal_in_an_abbreviated_handshake_completes(order: tuple[int, 
     assert session is not None and session.ticket == RENEWED_TICKET
 
 
-@pytest.mark.xfail(strict=True, reason=CID_BAD_MAC)
 def test_wrong_psk_with_a_connection_id_fails_fast() -> None:
     """The openssl #10906 pattern with a Connection ID (the ✗ BRM cells of the (cid) rows): the client's Finished
     under a wrong key travels as tls12_cid. The server must end the handshake with bad_record_mac at once, as it
