@@ -43,7 +43,7 @@ def report_session(path: str, session: ClientSession, offered: Session | None) -
         _say("full handshake")
     saved = session.session
     if saved is None:
-        _say("nothing to save: the server gave no session ID or ticket, or the session has no extended master "
+        _say("nothing saved: the server gave no session ID or ticket, or the session has no extended master "
              "secret")
         return
     try:
