@@ -6,7 +6,11 @@
 # config.json: {"host", "port", "identity", "psk" (hex), "path" (default "telemetry"), "interval" (s)}; optional
 # "method" ("POST" or "PUT"), "mtu", "tries" (attempts per reading with --count), "wifi_ssid"/"wifi_password"
 # (boards), "ack_timeout", "retransmit_initial", "handshake_timeout", "backoff_max" (seconds), "key" (false: no
-# idempotency key), "old_identity"/"old_psk" (the previous key, kept by a key rotation).
+# idempotency key), "old_identity"/"old_psk" (the previous key, kept by a key rotation), "cid" (false: no Connection
+# ID), "rsl" (the record_size_limit advertised, 256), "tickets" (true: resume with a session ticket, RFC 5077; default
+# false: with the session ID, from the gateway's session cache: a smaller ClientHello). The DTLS session is stored in
+# <config>.session after each handshake and resumed at the next boot (docs/micropython.md: it holds the master
+# secret, keep it private).
 # Every request carries the reading's idempotency key as a Uri-Query option k=<boot>.<seq>: <boot> 8 lowercase hex
 # digits drawn at boot, <seq> the reading's "seq"; a reading resent (a retransmission, a new session, a new attempt)
 # has the same key and payload, so the gateway can drop the duplicates.
@@ -32,7 +36,10 @@ except ImportError:  # ports without os.urandom (the webassembly port): random, 
     import random
 
     def urandom(n):
-        return bytes(random.getrandbits(8) for _ in range(n))
+        b = bytearray(n)
+        for i in range(n):
+            b[i] = random.getrandbits(8)
+        return b
 
 try:
     from time import ticks_diff, ticks_ms
@@ -79,7 +86,11 @@ def save_config(cfg):
     with open(tmp, "w") as f:
         if hasattr(os, "chmod"):  # CPython: private (it holds the key), and on disk before the rename
             os.chmod(tmp, 0o600)
-        json.dump({k: v for k, v in cfg.items() if k[:1] != "_" and k[-6:] != "_bytes"}, f)
+        d = {}
+        for k in cfg:
+            if k[:1] != "_" and k[-6:] != "_bytes":
+                d[k] = cfg[k]
+        json.dump(d, f)
         if hasattr(os, "fsync"):
             f.flush()
             os.fsync(f.fileno())
@@ -90,25 +101,28 @@ def load_config_dict(cfg):
     """Check a config (types, ranges), fill in defaults, add "psk_bytes"."""
     if not isinstance(cfg, dict):
         raise ValueError("expected a JSON object")
-    for k, kind in (("host", str), ("port", int), ("identity", str), ("psk", str), ("path", str),
-                    ("old_identity", str), ("old_psk", str), ("method", str), ("wifi_ssid", str),
-                    ("wifi_password", str), ("mtu", int), ("tries", int),
-                    ("key", bool),
-                    ("interval", (int, float)), ("ack_timeout", (int, float)),
-                    ("retransmit_initial", (int, float)), ("handshake_timeout", (int, float)),
-                    ("backoff_max", (int, float))):
+    for k in ("host", "port", "identity", "psk"):
         if k not in cfg:
-            if k in ("host", "port", "identity", "psk"):
-                raise ValueError("missing " + k)
-        elif not isinstance(cfg[k], kind) or (isinstance(cfg[k], bool) and kind is not bool):
+            raise ValueError("missing " + k)
+    for k, v in cfg.items():
+        ok = True
+        if k in ("key", "cid", "tickets"):
+            ok = isinstance(v, bool)
+        elif k in ("host", "identity", "psk", "path", "old_identity", "old_psk", "method", "wifi_ssid",
+                   "wifi_password"):
+            ok = isinstance(v, str)
+        else:  # a number in [lo, hi]: an int where lo >= 1
+            for n, lo, hi in (("port", 1, 65535), ("mtu", 64, 65535), ("rsl", 64, 16384), ("tries", 1, 1000),
+                              ("interval", 0, 10**9), ("ack_timeout", 0.01, 600), ("retransmit_initial", 0.01, 600),
+                              ("handshake_timeout", 0.1, 86400), ("backoff_max", 0, 86400)):
+                if k == n:
+                    ok = isinstance(v, int if lo >= 1 else (int, float)) and not isinstance(v, bool)
+                    if ok and not lo <= v <= hi:
+                        raise ValueError(k + " out of range")
+        if not ok:
             raise ValueError("wrong type for " + k)
-    for k, lo, hi in (("port", 1, 65535), ("mtu", 64, 65535), ("tries", 1, 1000), ("interval", 0, 1e9),
-                      ("ack_timeout", 0.01, 600), ("retransmit_initial", 0.01, 600),
-                      ("handshake_timeout", 0.1, 86400), ("backoff_max", 0, 86400)):
-        if k in cfg and not lo <= cfg[k] <= hi:
-            raise ValueError(f"{k} out of range")
     if cfg.get("method", "POST") not in ("POST", "PUT"):
-        raise ValueError("method must be POST or PUT")
+        raise ValueError("method: POST or PUT")
     for k in ("psk", "old_psk"):
         try:
             if k in cfg:
@@ -169,16 +183,6 @@ def cmd_reboot(dev, args):
 HANDLERS = {"led": cmd_led, "reboot": cmd_reboot}
 
 
-def apply_config(cfg, doc):
-    """Apply a configuration document from the gateway: the keys the device knows; returns their names."""
-    done = []
-    v = doc.get("interval")
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1e9:
-        cfg["interval"] = v
-        done.append("interval")
-    return done
-
-
 def wifi(cfg):
     if "wifi_ssid" not in cfg:
         return
@@ -196,8 +200,7 @@ def wifi(cfg):
             time.sleep_ms(100)
 
 
-ERRNO = {101: "network unreachable", 111: "connection refused", 113: "no route to host", -2: "unknown host",
-         -3: "name lookup failed"}
+ERRNO = {101: "network unreachable", 111: "connection refused", 113: "no route to host", -2: "unknown host"}
 
 
 def network_error(e):
@@ -209,14 +212,26 @@ def _timed_out(e):
     return isinstance(e, OSError) and ((e.args and e.args[0] in (11, 110, 116)) or "timed out" in str(e))
 
 
+def _sib(cfg, name):
+    """The path `name` next to the telemetry path ("a/telemetry" -> "a/name")."""
+    p = cfg["path"]
+    return p[:p.rfind("/") + 1] + name
+
+
 def new_session(cfg, rand):
     """The coaps.Session of a config: its credential, the previous one as the fallback, the rotation path."""
-    p = cfg["path"]
+    saved = None
+    try:  # the DTLS session stored by an earlier boot (Device.keep): resumed with an abbreviated handshake
+        with open(cfg["_file"] + ".session", "rb") as f:
+            saved = f.read()
+    except (KeyError, OSError):
+        pass
     s = coaps.Session(
         cfg["identity"].encode(), cfg["psk_bytes"], rand, mtu=cfg.get("mtu", 512),
         ack_timeout=cfg.get("ack_timeout", coap.ACK_TIMEOUT), retransmit_initial=cfg.get("retransmit_initial", 2.0),
         handshake_timeout=cfg.get("handshake_timeout", 60), backoff_max=cfg.get("backoff_max", 300),
-        cred_path=p[:p.rfind("/") + 1] + "credentials")
+        cred_path=_sib(cfg, "credentials"), rsl=cfg.get("rsl", 256), cid=b"" if cfg.get("cid", True) else None,
+        tickets=cfg.get("tickets", False), session=saved)
     if "old_psk_bytes" in cfg and "old_identity" in cfg:
         s.old = (cfg["old_identity"].encode(), cfg["old_psk_bytes"])
     return s
@@ -265,17 +280,18 @@ class Device:
         self.kq = "k=" + self.boot + "." if cfg.get("key", True) else None
         self.last = None  # (n, payload) of the last reading: a reading resent is the same reading
         self.sock = None
-        self.up_ms = 0  # uptime, summed from tick differences (ticks_ms wraps every ~12 days on boards)
-        self.up_tick = ticks_ms()
+        self._um = 0  # uptime, summed from tick differences (ticks_ms wraps every ~12 days on boards)
+        self._ut = ticks_ms()
+        self.saved = self.session.saved
         self.led = False
         self.reboot = False  # a "reboot" command ran: the loop starts a new Device (machine.reset on a board)
 
     def uptime(self):
         """Seconds since the Device was made; called at least every few days (each reading), so wrap-safe."""
         t = ticks_ms()
-        self.up_ms += ticks_diff(t, self.up_tick)
-        self.up_tick = t
-        return self.up_ms // 1000
+        self._um += ticks_diff(t, self._ut)
+        self._ut = t
+        return self._um // 1000
 
     def _open(self):
         # a connected UDP socket: the kernel keeps other senders out, and where the OS reports ICMP errors (unix)
@@ -290,13 +306,19 @@ class Device:
                 raise
             self.sock = sock
 
-    def _close_socket(self):
-        # a new socket is a new source port: the server would not know the session there (no Connection ID)
-        self.session.drop()
-        self.session.datagrams()
+    def _cs(self):
+        # a new socket is a new source port: the server knows the session there only by its Connection ID
+        c = self.session.conn
+        if c is None or not c.pcid:
+            self.session.drop()
+            self.session.datagrams()
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+
+    def _lost(self, e):
+        self.session.abort(network_error(e))
+        self._cs()
 
     def _flush(self):
         for d in self.session.datagrams():
@@ -354,24 +376,34 @@ class Device:
                 self._flush()  # the close_notify of a rekey
             if result[0] == "ok" and getattr(result[1], "payload", None) and result[1].code == coap.CHANGED:
                 try:
-                    self.downlink(coaps._cbor_map(result[1]))
+                    self.downlink(coaps._cbor(result[1], dict))
                 except OSError as e:  # the reading was acknowledged: what waits is fetched after the next one
-                    s.abort(network_error(e))
-                    self._close_socket()
+                    self._lost(e)
             s.result = result
+            self.keep()
         except ValueError as e:  # a reading too large for the configured mtu
             return ("error", str(e))
         except OSError as e:
-            s.abort(network_error(e))
-            self._close_socket()
+            self._lost(e)
         if s.timer() is None:
             self.clock.rebase()
         return s.result
 
+    def keep(self):
+        """Store the DTLS session when it changed (a handshake), for the next boot: flash is written once per
+        handshake, not per reading. Not stored: resumed only while this boot lasts."""
+        b = self.session.saved
+        if b != self.saved and "_file" in self.cfg:
+            self.saved = b
+            try:
+                with open(self.cfg["_file"] + ".session", "wb") as f:
+                    f.write(b or b"")
+            except OSError:
+                pass
+
     def ask(self, code, path, payload=b"", opts=None):
         """One more request over the session; the response Message, or None."""
-        p = self.cfg["path"]
-        self.session.request(self.clock(), code, p[:p.rfind("/") + 1] + path, payload,
+        self.session.request(self.clock(), code, _sib(self.cfg, path), payload,
                              coap.CF_CBOR if payload else None, opts=opts)
         self._flush()
         self.wait(None)
@@ -379,48 +411,39 @@ class Device:
         return r[1] if r[0] == "ok" else None
 
     def downlink(self, hints):
-        """Follow the hints of a 2.04: fetch a changed configuration, run the commands waiting."""
+        """Follow the hints of a 2.04: fetch a changed configuration (what the device knows of it: "interval"),
+        run the commands waiting."""
         cfg = self.cfg
         if hints.get("cfg"):
             tag = cfg.get("config_etag")
             m = self.ask(coap.GET, "config", opts=[(coap.ETAG, unhexlify(tag))] if tag else None)
             if m is not None and m.code in (coap.CONTENT, coap.VALID):
                 etag = m.opt(coap.ETAG)
-                doc = coaps._cbor_map(m) if m.code == coap.CONTENT else {}
-                applied = apply_config(cfg, doc)
+                v = coaps._cbor(m, dict).get("interval") if m.code == coap.CONTENT else None
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 10**9
+                if ok:
+                    cfg["interval"] = v
                 if etag:
                     cfg["config_etag"] = str(hexlify(etag[0]), "ascii")
                 try:
                     save_config(cfg)
                 except OSError as e:
                     self.out("config not stored: %s" % e)  # noqa: UP031
-                self.out("config %s: %s" % (cfg.get("config_etag"), ",".join(applied) or "unchanged"))  # noqa: UP031
-        rounds = 4 if hints.get("cmd") else 0
-        while rounds:
-            rounds -= 1
+                self.out("config %s: %s" % (cfg.get("config_etag"), "interval" if ok else "unchanged"))  # noqa: UP031
+        if hints.get("cmd"):  # one batch; more waiting: the next reading's 2.04 says so again
             m = self.ask(coap.GET, "commands")
-            try:
-                batch = cbor.loads(m.payload) if m is not None and m.code == coap.CONTENT else []
-            except ValueError:
-                batch = []
-            if not isinstance(batch, list) or not batch:
-                return
-            for c in batch:
-                self.run_command(c)
-            if not isinstance(self.session.result[1], coap.Message) or not coaps._cbor_map(
-                    self.session.result[1]).get("cmd"):
-                return
+            for c in coaps._cbor(m, list) if m is not None and m.code == coap.CONTENT else ():
+                if isinstance(c, dict) and isinstance(c.get("id"), str):
+                    self._run(c)
 
-    def run_command(self, c):
-        if not isinstance(c, dict) or not isinstance(c.get("id"), str):
-            return
+    def _run(self, c):
         f = HANDLERS.get(c.get("name"))
+        out = {"id": c["id"], "status": "ok"}
         try:
-            if f is None:
-                raise ValueError("unknown command")
-            out = {"id": c["id"], "status": "ok", "result": f(self, c.get("args"))}
-        except Exception as e:
-            out = {"id": c["id"], "status": "error", "result": str(e)}
+            out["result"] = f(self, c.get("args"))
+        except Exception as e:  # an unknown command too (f is None)
+            out["status"] = "error"
+            out["result"] = str(e) if f else "unknown command"
         m = self.ask(coap.POST, "commands", cbor.dumps(out))
         self.out("command %s %s: %s -> %s" % (c["id"], c.get("name"), out["status"],  # noqa: UP031
                                              coap.code_str(m.code) if m is not None else "no answer"))
@@ -433,7 +456,7 @@ class Device:
             try:
                 self.wait(end)
             except OSError:
-                self._close_socket()
+                self._cs()
         left = end - self.clock()
         if left > 0:
             time.sleep(left)
@@ -447,7 +470,7 @@ class Device:
                 self._flush()
             except OSError:
                 pass
-        self._close_socket()
+        self._cs()
 
 
 def restart(dev, cfg, out):

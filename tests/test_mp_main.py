@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -548,6 +549,17 @@ def test_run_forever_board_loop(mp_main, monkeypatch):
     assert len(made) == 2 and made[0].closed
 
 
+def test_tickets_only_when_configured(mp_main):
+    """Session tickets (RFC 5077) only with "tickets": true; by default the session ID resumes (a smaller hello)."""
+    cfg = mp_main.load_config_dict({"host": "127.0.0.1", "port": 9, "identity": "d", "psk": "00"})
+    for want in (False, True):
+        if want:
+            cfg["tickets"] = True
+        s = mp_main.new_session(cfg, os.urandom)
+        s._connect(0)
+        assert s.conn.tickets is want and s.conn.pcid is None and s.conn.cid == b""  # CID offered by default
+
+
 def test_network_error_text(mp_main):
     assert mp_main.network_error(OSError(111)) == "network error 111 (connection refused)"
     assert mp_main.network_error(OSError(-2)) == "network error -2 (unknown host)"
@@ -571,7 +583,7 @@ def test_uptime_survives_tick_wraparound(mp_main, monkeypatch):
 
 @pytest.mark.parametrize("bad", [{"port": 0}, {"port": 70000}, {"mtu": 40}, {"tries": 0}, {"interval": -1},
                                  {"ack_timeout": 0}, {"method": "GET"}, {"mtu": True}, {"key": 0},
-                                 {"key": "false"}])
+                                 {"key": "false"}, {"tickets": 1}, {"cid": "no"}])
 def test_config_ranges(mp_main, bad):
     cfg = {"host": "h", "port": 5684, "identity": "d", "psk": "00", **bad}
     with pytest.raises(ValueError):
@@ -603,6 +615,7 @@ def test_resent_reading_same_payload_and_key(mp_main, monkeypatch):
     class FakeSession:
         result = ("ok", None)
         offer = swapped = None  # no key rotation
+        saved = None  # no DTLS session to store
 
         def request(self, now, code, path, payload, cf, query=None):
             sent.append((payload, query))

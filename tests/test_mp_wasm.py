@@ -443,7 +443,7 @@ def test_import_heap(tmp_path: Path) -> None:
     used, where = r.stdout.splitlines()
     assert where.endswith("/micropython/main.py"), where
     measured(f"heap taken by `import main` (from .py source, MicroPython 1.27 wasm): {int(used)} bytes")
-    assert 0 < int(used) < 40 * 1024  # ~32 KB measured with 1.27
+    assert 0 < int(used) < 44 * 1024  # ~42 KB measured with 1.27 (CID, record_size_limit, resumption included)
 
 
 

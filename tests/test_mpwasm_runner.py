@@ -237,6 +237,28 @@ def test_heap_option_and_random_seeded(tmp_path: Path) -> None:
     assert r2.stderr == ""
 
 
+def test_fixed_heap_is_a_real_cap(tmp_path: Path) -> None:
+    """--fixed-heap: an allocation past --heap raises MemoryError instead of growing the heap (split heap)."""
+    script = _script(
+        tmp_path,
+        """\
+        import sys
+        try:
+            b = bytearray(int(sys.argv[1]))
+            print("ok")
+        except MemoryError:
+            print("MemoryError")
+    """,
+    )
+    grown = _run("--heap", 49152, script, "60000")
+    assert grown.returncode == 0 and grown.stdout.strip() == "ok", grown.stderr
+    capped = _run("--heap", 49152, "--fixed-heap", "--heap-report", script, "60000")
+    assert capped.returncode == 0 and capped.stdout.strip() == "MemoryError", capped.stderr
+    assert "initial_total=48000 end_total=48000 " in capped.stderr
+    fits = _run("--heap", 49152, "--fixed-heap", script, "20000")
+    assert fits.returncode == 0 and fits.stdout.strip() == "ok", fits.stderr
+
+
 def test_device_package_ccm_vector(tmp_path: Path) -> None:
     """The device package imports under the real MicroPython (`--path micropython`): RFC 3610 packet vector #1."""
     script = _script(

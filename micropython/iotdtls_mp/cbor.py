@@ -9,20 +9,13 @@ def _head(out, major, n):
     m = major << 5
     if n < 24:
         out.append(m | n)
-    elif n < 0x100:
-        out.append(m | 24)
-        out.append(n)
-    elif n < 0x10000:
-        out.append(m | 25)
-        out.extend(struct.pack(">H", n))
-    elif n < 0x100000000:
-        out.append(m | 26)
-        out.extend(struct.pack(">I", n))
-    elif n < 0x10000000000000000:
-        out.append(m | 27)
-        out.extend(struct.pack(">Q", n))
-    else:
-        raise ValueError("int too large")
+        return
+    for k in range(4):  # 1, 2, 4 or 8 bytes (additional information 24 to 27)
+        if n >> (8 << k) == 0:
+            out.append(m | 24 + k)
+            out.extend(n.to_bytes(1 << k, "big"))
+            return
+    raise ValueError("int too large")
 
 
 def _enc(out, x, depth):
@@ -109,15 +102,10 @@ class _Dec:
     def arg(self, ai):
         if ai < 24:
             return ai
-        if ai == 24:
-            return self.d[self.skip(1)]
-        if ai == 25:
-            return self.num(">H", 2)
-        if ai == 26:
-            return self.num(">I", 4)
-        if ai == 27:
-            return self.num(">Q", 8)
-        raise ValueError("bad length")
+        if ai > 27:
+            raise ValueError("bad length")
+        n = 1 << ai - 24
+        return int.from_bytes(self.take(n), "big")
 
     def item(self, depth):
         if depth > MAX_DEPTH:
@@ -154,7 +142,10 @@ class _Dec:
         if mt == 4:
             if n > len(self.d) - self.p:
                 raise ValueError("truncated")
-            return [self.item(depth + 1) for _ in range(n)]
+            a = []
+            for _ in range(n):
+                a.append(self.item(depth + 1))
+            return a
         if mt == 5:
             if 2 * n > len(self.d) - self.p:
                 raise ValueError("truncated")

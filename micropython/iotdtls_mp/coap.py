@@ -11,26 +11,15 @@ EMPTY = 0
 GET = 1
 POST = 2
 PUT = 3
-DELETE = 4
-CREATED = 65
-DELETED = 66
 VALID = 67
 CHANGED = 68
 CONTENT = 69
 
-IF_MATCH = 1
-URI_HOST = 3
 ETAG = 4
-OBSERVE = 6
-URI_PORT = 7
 URI_PATH = 11
 CONTENT_FORMAT = 12
-MAX_AGE = 14
 URI_QUERY = 15
-ACCEPT = 17
 
-CF_TEXT = 0
-CF_JSON = 50
 CF_CBOR = 60
 
 ACK_TIMEOUT = 2
@@ -66,16 +55,8 @@ def uri_query(query: str) -> list:
     return [(URI_QUERY, s.encode()) for s in query.split("&") if s]
 
 
-def uri_host(host: str) -> list:
-    return [(URI_HOST, host.encode())]
-
-
 def content_format(cf: int) -> list:
     return [(CONTENT_FORMAT, uint_opt(cf))]
-
-
-def observe(v: int) -> list:
-    return [(OBSERVE, uint_opt(v))]
 
 
 def _nibble(n):
@@ -136,35 +117,19 @@ class Message:
         self.options = options if options is not None else []
         self.payload = payload
 
-    def encode(self) -> bytes:
-        return encode(self.type, self.code, self.mid, self.token, self.options, self.payload)
-
     def opt(self, num):
         return [v for n, v in self.options if n == num]
 
     def path(self) -> str:
         return "/".join(str(v, "utf-8") for v in self.opt(URI_PATH))
 
-    def content_format(self):
-        v = self.opt(CONTENT_FORMAT)
-        return opt_uint(v[0]) if v else None
-
 
 def decode(data) -> Message:
     n = len(data)
-    if n < 4:
-        raise ValueError("short")
-    b0, code, mid = struct.unpack(">BBH", data[:4])
-    if b0 >> 6 != 1:
-        raise ValueError("version")
-    tkl = b0 & 15
-    if tkl > 8:
-        raise ValueError("token length")
-    p = 4 + tkl
-    if p > n:
-        raise ValueError("truncated")
-    if code == 0 and n != 4:
-        raise ValueError("empty message with data")
+    b0 = data[0] if n > 3 else 0
+    p = 4 + (b0 & 15)
+    if b0 >> 6 != 1 or b0 & 15 > 8 or p > n or (data[1] == 0 and n != 4):
+        raise ValueError("malformed")
     token = bytes(data[4:p])
     opts = []
     num = 0
@@ -174,32 +139,23 @@ def decode(data) -> Message:
         p += 1
         if b == 0xFF:
             if p == n:
-                raise ValueError("empty payload")
+                raise ValueError("malformed")
             payload = bytes(data[p:])
             break
-        d = b >> 4
-        ln = b & 15
-        vals = []
-        for x in (d, ln):
-            if x == 13:
-                if p + 1 > n:
-                    raise ValueError("truncated")
-                x = data[p] + 13
-                p += 1
-            elif x == 14:
-                if p + 2 > n:
-                    raise ValueError("truncated")
-                x = ((data[p] << 8) | data[p + 1]) + 269
-                p += 2
-            elif x == 15:
-                raise ValueError("reserved nibble")
-            vals.append(x)
-        num += vals[0]
-        if p + vals[1] > n:
-            raise ValueError("truncated")
-        opts.append((num, bytes(data[p : p + vals[1]])))
-        p += vals[1]
-    return Message(b0 >> 4 & 3, code, mid, token, opts, payload)
+        v = [b >> 4, b & 15]
+        for i in (0, 1):
+            k = v[i] - 12  # 13: one more byte, 14: two, 15: reserved
+            if k > 0:
+                if k > 2 or p + k > n:
+                    raise ValueError("malformed")
+                v[i] = int.from_bytes(data[p:p + k], "big") + (13 if k == 1 else 269)
+                p += k
+        num += v[0]
+        if p + v[1] > n:
+            raise ValueError("malformed")
+        opts.append((num, bytes(data[p:p + v[1]])))
+        p += v[1]
+    return Message(b0 >> 4 & 3, data[1], data[2] << 8 | data[3], token, opts, payload)
 
 
 class Exchange:
@@ -217,7 +173,7 @@ class Exchange:
         self.msg = encode(CON if confirmable else NON, code, self.mid, self.token, options, payload)
         r = opt_uint(rand(2)) / 65535
         self.timeout = ack_timeout * (1 + (ACK_RANDOM_FACTOR - 1) * r)
-        self.sep_timeout = separate_timeout
+        self._st = separate_timeout
         self.non_timeout = non_timeout
         self.retries = 0
         self.state = "new"
@@ -230,14 +186,11 @@ class Exchange:
         self.deadline = now + (self.timeout if self.con else self.non_timeout)
         return self.msg
 
-    def done(self) -> bool:
-        return self.state in ("done", "failed")
-
     def timeout_at(self):
-        return None if self.done() else self.deadline
+        return None if self.state in ("done", "failed") else self.deadline
 
     def on_timer(self, now):
-        if self.deadline is None or self.done() or now < self.deadline:
+        if self.deadline is None or self.state in ("done", "failed") or now < self.deadline:
             return None
         if self.state == "wait" and self.con and self.retries < MAX_RETRANSMIT:
             self.retries += 1
@@ -248,7 +201,7 @@ class Exchange:
         self.error = "timeout"
         return None
 
-    def _finish(self, m):
+    def _fin(self, m):
         self.state = "done"
         self.response = m
 
@@ -266,14 +219,14 @@ class Exchange:
                 self.error = "reset"
             elif m.code == EMPTY:
                 self.state = "sep"
-                self.deadline = now + self.sep_timeout
+                self.deadline = now + self._st
             elif m.token == self.token:
-                self._finish(m)
+                self._fin(m)
             return None
         if m.code < 64 or m.token != self.token:
             return None
         if self.state in ("wait", "sep"):
-            self._finish(m)
+            self._fin(m)
         elif not (self.response is not None and self.response.mid == m.mid and self.response.type == t):
             return None
         if t == CON:

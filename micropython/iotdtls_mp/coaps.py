@@ -32,22 +32,22 @@ def reason(err):
     return "handshake timeout" if err == "timeout" else str(err)
 
 
-def _cbor_map(m):
+def _cbor(m, kind):
     try:
         d = cbor.loads(m.payload)
     except ValueError:
-        return {}
-    return d if isinstance(d, dict) else {}
+        return kind()
+    return d if isinstance(d, kind) else kind()
 
 
 def hint(m):
     """True when a 2.xx response carries {"cred": true}: the gateway has a new key for this device."""
-    return m.code >> 5 == 2 and bool(m.payload) and _cbor_map(m).get("cred") is True
+    return m.code >> 5 == 2 and bool(m.payload) and _cbor(m, dict).get("cred") is True
 
 
 def credential(m):
     """(identity, psk), both bytes, from a 2.05 answer to GET /credentials; None if it holds no usable key."""
-    d = _cbor_map(m) if m.code == coap.CONTENT else {}
+    d = _cbor(m, dict) if m.code == coap.CONTENT else {}
     i = d.get("identity")
     k = d.get("psk")
     if isinstance(i, str) and isinstance(k, bytes) and 0 < len(i) <= 128 and 16 <= len(k) <= 64:
@@ -65,27 +65,29 @@ class Session:
     """
 
     def __init__(self, identity, psk, rand, mtu=512, ack_timeout=coap.ACK_TIMEOUT, retransmit_initial=2.0,
-                 retransmit_max=8.0, handshake_timeout=60, backoff_initial=2.0, backoff_max=300.0, cred_path=None):
+                 retransmit_max=8.0, handshake_timeout=60, backoff_initial=2.0, backoff_max=300.0, cred_path=None,
+                 rsl=256, cid=b"", tickets=False, session=None):
         self.identity = identity
         self.psk = psk
         self.cred_path = cred_path
         self.old = None  # the previous (identity, psk): tried once if the current one is refused
         self.offer = None  # (identity, psk) the gateway handed over, for the device to store, then rekey()
         self.swapped = None  # the refused (identity, psk) once the old one was accepted instead (store the swap)
-        self._refused = None  # the credential refused while its fallback's handshake runs
-        self._posted = None  # the hinted request's result while the GET of the new key runs
+        self._rf = None  # the credential refused while its fallback's handshake runs
+        self._po = None  # the hinted request's result while the GET of the new key runs
         self.rand = rand
         self.mtu = mtu
         self.ack_timeout = ack_timeout
-        self.dtls_args = (retransmit_initial, retransmit_max, handshake_timeout)
+        self._da = (retransmit_initial, retransmit_max, handshake_timeout, rsl, cid, tickets)
+        self.saved = session  # the DTLS session to resume (dtls.Client.state()), kept up to date
         self.backoff = (backoff_initial, backoff_max)
         self.conn = None
         self.req = None  # the pending request's Exchange
         self.ex = None  # the Exchange on the wire: the pending one once sent, else the last one
         self.args = None  # the pending request's (code, options, payload, confirmable)
-        self.fresh = False  # the pending request made the current session
-        self.renewed = False  # the pending request replaced a session (stale, or no separate response)
-        self.rx0 = 0  # records the session had received when the pending request went out
+        self._fr = False  # the pending request made the current session
+        self._rn = False  # the pending request replaced a session (stale, or no separate response)
+        self._rx0 = 0  # records the session had received when the pending request went out
         self.result = None
         self.failures = 0
         self.handshakes = 0
@@ -107,12 +109,12 @@ class Session:
         self.args = (code, opts, payload, confirmable)
         ex = self._exchange()
         if len(ex.msg) > self.mtu - 29:  # record header 13 + explicit nonce 8 + tag 8
-            raise ValueError("request larger than the mtu allows")
+            raise ValueError("request too large")
         self.req = ex
         self.ex = None
         self.result = None
-        self.fresh = False
-        self.renewed = False
+        self._fr = False
+        self._rn = False
         c = self.conn
         if c is None or c.closed:
             self._connect(now)
@@ -128,13 +130,12 @@ class Session:
         self.drop()
         self.req = self._exchange()
         self._connect(now)
-        self.renewed = True
+        self._rn = True
 
     def _connect(self, now):
-        r0, rmax, hto = self.dtls_args
-        self.conn = dtls.Client(self.identity, self.psk, self.rand, self.mtu, r0, rmax, hto)
+        self.conn = dtls.Client(self.identity, self.psk, self.rand, self.mtu, *self._da, session=self.saved)
         self.handshakes += 1
-        self.fresh = True
+        self._fr = True
         self.conn.connect(now)
 
     def receive(self, d, now):
@@ -158,12 +159,12 @@ class Session:
         if self.req is not None and ex is not None and not c.closed:
             sep = ex.state == "sep"
             m = ex.on_timer(now)
-            if m is not None and ex.retries >= STALE_RETRIES and c.rx == self.rx0 and not self.fresh:
+            if m is not None and ex.retries >= STALE_RETRIES and c.rx == self._rx0 and not self._fr:
                 self._renew(now)  # stale session: handshake again and send the request anew
             elif m is not None:
                 c.send(m)
             elif sep and ex.state == "failed":  # an empty ACK, then no separate response within SEPARATE_WAIT
-                if self.renewed:
+                if self._rn:
                     self.drop()
                     self._done(("error", "no separate response"))
                 else:
@@ -207,21 +208,22 @@ class Session:
             self.drop()
             self.old = (self.identity, self.psk)
             self.identity, self.psk = o
-            self._refused = None
+            self._rf = None
+            self.saved = None
 
     def _done(self, result, now=None):
-        p = self._posted
+        p = self._po
         if p is not None:  # the GET of the new key is over: the hinted request's result stands
-            self._posted = None
+            self._po = None
             if result[0] == "ok":
                 self.offer = credential(result[1])
             result = p
         elif now is not None and self.cred_path and result[0] == "ok" and hint(result[1]):
-            self._posted = result
+            self._po = result
             self.args = (coap.GET, coap.uri_path(self.cred_path), b"", True)
             self.req = self._exchange()
             self.ex = None
-            self.fresh = self.renewed = False
+            self._fr = self._rn = False
             self._step(now)
             return
         self.result = result
@@ -235,14 +237,16 @@ class Session:
         if c.closed:
             self._out += c.datagrams()
             self.conn = None
+            if c.error not in (None, "timeout"):
+                self.saved = None  # a session that ended with a fatal alert is not resumed (RFC 5246 7.2.2)
             if self.req is not None:
                 if not c.established:
-                    r = self._refused
+                    r = self._rf
                     if r is not None:  # the fallback was not accepted either: back to the newer credential
                         self.identity, self.psk = r
-                        self._refused = None
+                        self._rf = None
                     elif c.error in REFUSED and self.old is not None:  # once: the previous credential
-                        self._refused = (self.identity, self.psk)
+                        self._rf = (self.identity, self.psk)
                         self.identity, self.psk = self.old
                         self.old = None
                         self._connect(now)
@@ -251,12 +255,15 @@ class Session:
             return
         if not c.established:
             return
-        if self._refused is not None:  # the fallback credential was accepted
-            self.swapped, self._refused = self._refused, None
+        if self._rf is not None:  # the fallback credential was accepted
+            self.swapped, self._rf = self._rf, None
         ex = self.ex
         if self.req is not None and ex is None:
+            self.saved = c.state()
+            if len(self.req.msg) > c.room():  # the server's record_size_limit (or the CID) leaves too little room
+                return self._done(("error", "request too large"))
             ex = self.ex = self.req
-            self.rx0 = c.rx
+            self._rx0 = c.rx
             c.send(ex.start(now))
         for d in c.recv():  # while idle, the last exchange still ACKs a repeated separate response (RFC 7252 4.5)
             m = ex.on_datagram(d, now) if ex is not None else None

@@ -1,34 +1,47 @@
-"""HMAC-SHA256 and the TLS 1.2 PRF (RFC 5246 section 5), extended master secret (RFC 7627), key block, Finished."""
+"""HMAC-SHA256 and the TLS 1.2 PRF (RFC 5246 section 5), extended master secret (RFC 7627), key block, Finished.
+
+Few allocations (heap): the padded keys are made once per PRF, its label and seed hashed in parts, not joined."""
 
 import hashlib
 
 
-def hmac_sha256(key, data):
+def _pads(key):
+    # RFC 2104: the key XOR ipad, the key XOR opad
     if len(key) > 64:
         key = hashlib.sha256(key).digest()
-    k = bytearray(64)
-    k[:len(key)] = key
-    for i in range(64):
-        k[i] ^= 0x36  # ipad
-    h = hashlib.sha256(k)
-    h.update(data)
-    d = h.digest()
-    for i in range(64):
-        k[i] ^= 0x6A  # 0x36 ^ 0x5C: ipad -> opad
-    h = hashlib.sha256(k)
-    h.update(d)
-    return h.digest()
+    i = bytearray(64)
+    i[:len(key)] = key
+    o = bytearray(64)
+    for n in range(64):
+        o[n] = i[n] ^ 0x5C
+        i[n] ^= 0x36
+    return i, o
+
+
+def _mac(k, a, b=b"", c=b""):
+    h = hashlib.sha256(k[0])
+    h.update(a)
+    h.update(b)
+    h.update(c)
+    a = hashlib.sha256(k[1])
+    a.update(h.digest())
+    return a.digest()
+
+
+def hmac_sha256(key, data):
+    return _mac(_pads(key), data)
 
 
 def prf(secret, label, seed, n):
     """P_SHA256(secret, label + seed), truncated to n bytes."""
-    seed = label + seed
-    out = b""
-    a = seed
-    while len(out) < n:
-        a = hmac_sha256(secret, a)
-        out += hmac_sha256(secret, a + seed)
-    return out[:n]
+    k = _pads(secret)
+    out = bytearray()
+    a = _mac(k, label, seed)  # A(1)
+    while True:
+        out += _mac(k, a, label, seed)
+        if len(out) >= n:
+            return bytes(out[:n])
+        a = _mac(k, a)
 
 
 def psk_premaster(psk):
@@ -37,16 +50,15 @@ def psk_premaster(psk):
     return n + bytes(len(psk)) + n + psk
 
 
-def ems(premaster, session_hash):
+def ems(pm, sh):
     """The extended master secret (RFC 7627 section 4)."""
-    return prf(premaster, b"extended master secret", session_hash, 48)
+    return prf(pm, b"extended master secret", sh, 48)
 
 
-def key_block(master, client_random, server_random, n):
-    return prf(master, b"key expansion", server_random + client_random, n)
+def key_block(master, cr, sr, n):
+    return prf(master, b"key expansion", sr + cr, n)
 
 
-def finished(master, is_client, transcript_hash):
+def finished(master, client, th):
     """The 12-byte verify_data of a Finished message."""
-    label = b"client finished" if is_client else b"server finished"
-    return prf(master, label, transcript_hash, 12)
+    return prf(master, b"client finished" if client else b"server finished", th, 12)

@@ -2,7 +2,7 @@
 // Run a MicroPython script like the unix port does (`micropython SCRIPT.py ARGS...`), on the real MicroPython
 // compiled to WebAssembly (npm @micropython/micropython-webassembly-pyscript), with blocking UDP sockets.
 //
-//   node tests/mpwasm/run.mjs [--heap BYTES] [--fixed-heap] [--heap-report] [--path DIR]... SCRIPT.py [ARGS...]
+//   node tests/mpwasm/run.mjs [--heap BYTES] [--fixed-heap] [--heap-report] [--cryptolib] [--path DIR]... SCRIPT.py [ARGS...]
 //
 // MicroPython runs in a worker thread (worker.mjs). This (main) thread owns the Node dgram sockets: it queues
 // received datagrams (at most QUEUE_MAX per socket, later ones are dropped) and answers the worker's socket
@@ -23,7 +23,7 @@ const E = { EBADF: 9, EAGAIN: 11, EINVAL: 22, EAFNOSUPPORT: 97, ENOTCONN: 107, E
 const EAI_NONAME = -2; // what getaddrinfo() failures raise on the unix port (glibc EAI_NONAME)
 
 function usage(msg) {
-  fs.writeSync(2, `run.mjs: ${msg}\nusage: node run.mjs [--heap BYTES] [--fixed-heap] [--heap-report] [--path DIR]... SCRIPT.py [ARGS...]\n`);
+  fs.writeSync(2, `run.mjs: ${msg}\nusage: node run.mjs [--heap BYTES] [--fixed-heap] [--heap-report] [--cryptolib] [--path DIR]... SCRIPT.py [ARGS...]\n`);
   process.exit(2);
 }
 
@@ -32,6 +32,7 @@ const argv = process.argv.slice(2);
 let heap = 1024 * 1024;
 let heapReport = false;
 let fixedHeap = false;
+let cryptolib = false;
 const paths = [];
 while (argv.length && argv[0].startsWith("--")) {
   const opt = argv.shift();
@@ -42,6 +43,10 @@ while (argv.length && argv[0].startsWith("--")) {
   }
   if (opt === "--fixed-heap") {
     fixedHeap = true;
+    continue;
+  }
+  if (opt === "--cryptolib") {
+    cryptolib = true;
     continue;
   }
   if (!argv.length) usage(`${opt} needs a value`);
@@ -222,6 +227,7 @@ const worker = new Worker(path.join(HERE, "worker.mjs"), {
     heap,
     heapReport,
     fixedHeap,
+    cryptolib,
     seed: crypto.randomBytes(4).readUInt32LE(0),
     ctlSab,
     dataSab,

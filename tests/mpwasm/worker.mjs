@@ -3,6 +3,7 @@
 // Network calls from Python go through the registered JS module `_mpwasm_net` (one function, `call(json)`):
 // the request is posted to the main thread, which owns the dgram sockets, and this thread blocks in
 // Atomics.wait until the main thread has written the JSON reply into the shared buffer (see run.mjs).
+import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { parentPort, workerData } from "node:worker_threads";
@@ -12,8 +13,8 @@ const version = process.env.MPWASM_MICROPYTHON;
 const { loadMicroPython } = await import(
   version ? `micropython-${version}` : "@micropython/micropython-webassembly-pyscript"
 );
-const { script, scriptArg, scriptDir, paths, args, heap, seed, ctlSab, dataSab, socketShim, heapReport, fixedHeap } =
-  workerData;
+const { script, scriptArg, scriptDir, paths, args, heap, seed, ctlSab, dataSab, socketShim, heapReport, fixedHeap,
+  cryptolib } = workerData;
 const ctl = new Int32Array(ctlSab); // [0] = reply ready (0/1), [1] = reply length in bytes
 const data = new Uint8Array(dataSab);
 const decoder = new TextDecoder();
@@ -145,6 +146,53 @@ function fixHeap(mp) {
   }
 }
 
+// --cryptolib: the firmware module of the boards (ESP32, Pico W), AES-128 in ECB mode (1) by Node's crypto:
+// cryptolib.aes(key, 1).encrypt(block) -> bytes. What a board allocates per block (one 16-byte bytes) is what this
+// allocates: a Python bytes/bytearray handed to JS becomes a proxy that pins it in the port's proxy table, so its
+// bytes are read one by one (small ints, no allocation) and the proxy is released at once; the result is built by
+// struct.pack from 8 small ints (no tuple), and its proxy released at the next call.
+const PY_HELPERS = `
+import struct
+def _mpwasm_at(b, i):
+    return b[i]
+def _mpwasm_pack(a, b, c, d, e, f, g, h):
+    return struct.pack(">8H", a, b, c, d, e, f, g, h)
+`;
+
+function registerCryptolib(mp) {
+  mp.runPython(PY_HELPERS);
+  const at = mp.globals.get("_mpwasm_at");
+  const pack = mp.globals.get("_mpwasm_pack");
+  const M = mp._module;
+  const unpin = (p) => M.ccall("proxy_c_free_obj", "null", ["number"], [p._ref]);
+  const read = (p) => {
+    const b = Buffer.alloc(16);
+    try {
+      for (let i = 0; i < 16; i++) b[i] = at(p, i);
+    } finally {
+      unpin(p);
+    }
+    return b;
+  };
+  let last = null;
+  mp.registerJsModule("cryptolib", {
+    aes(key, mode) {
+      const k = read(key);
+      if (mode !== 1) throw new Error("cryptolib (mpwasm): only AES-128 in ECB mode (1)");
+      return {
+        encrypt(block) {
+          const c = crypto.createCipheriv("aes-128-ecb", k, null);
+          c.setAutoPadding(false);
+          const o = c.update(read(block));
+          if (last !== null) unpin(last);
+          last = pack(...[0, 2, 4, 6, 8, 10, 12, 14].map((i) => o.readUInt16BE(i)));
+          return last;
+        },
+      };
+    },
+  });
+}
+
 function pyStr(s) {
   return JSON.stringify(s); // a JSON string literal is a valid Python string literal for our inputs
 }
@@ -174,6 +222,7 @@ async function main() {
   mkdirs(mp, "/lib");
   mp.FS.writeFile("/lib/socket.py", fs.readFileSync(socketShim));
   mp.registerJsModule("_mpwasm_net", { call: (req) => rpc(req) });
+  if (cryptolib) registerCryptolib(mp);
   if (fixedHeap) fixHeap(mp);
 
   const driver = `
