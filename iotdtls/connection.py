@@ -85,7 +85,7 @@ class DTLSConnection(HandshakeLayer):
 
     __slots__ = (
         "_early_data", "_events", "_future", "_hs_deadline", "_idle_deadline", "_max_payload",
-        "_min_trigger_interval", "_retransmit_requested", "error", "peer",
+        "_min_trigger_interval", "_retransmit_requested", "_unconfirmed_sends", "error", "peer",
     )
 
     def __init__(self, config: DTLSConfiguration, *, peer: object = None, validate: bool = True) -> None:
@@ -104,6 +104,7 @@ class DTLSConnection(HandshakeLayer):
         self._min_trigger_interval = min(0.1, config.retransmit_initial / 4)
         self.error: Exception | None = None
         self._max_payload = 0
+        self._unconfirmed_sends = 0  # sends since an abbreviated handshake the server has not confirmed
 
     # -- public API ------------------------------------------------------------------------------
     @property
@@ -223,6 +224,14 @@ class DTLSConnection(HandshakeLayer):
         if seq >= SEQ_MASK:
             raise ConnectionClosed("sequence number space exhausted: reconnect")
         self._write_seq[1] = seq + 1
+        if self._flight and self._resumed and self._config.is_client:
+            # An abbreviated handshake ends with our Finished, which only the server's retransmission would
+            # bring back if it were lost. Until a record from the server shows it arrived, it goes out again
+            # with our data from the second send on (a retransmission of the application, as a rule: the first
+            # send costs nothing extra); the server ignores a duplicate.
+            if self._unconfirmed_sends:
+                self._transmit(self._last_sent, limited=False)
+            self._unconfirmed_sends += 1
         cipher = self._write_cipher
         assert cipher is not None
         if self._peer_cid:
@@ -532,8 +541,8 @@ class DTLSConnection(HandshakeLayer):
         if epoch != 1:
             raise UnexpectedMessage("application data before the handshake")
         if self._state is _ESTABLISHED:
-            if self._flight and not self._config.is_client:
-                self._flight = []  # the client has our Finished: no more final-flight retransmissions
+            if self._flight:
+                self._flight = []  # the peer has our Finished: no more final-flight retransmissions
             self._events.append(DataReceived(payload))
         elif self._state in WAITING_FINISHED:
             if len(self._early_data) < MAX_EARLY_DATA:

@@ -136,7 +136,7 @@ def test_clean_network_figures() -> None:
     r = run_trial(1, data_messages=3)
     assert r.established and r.data_ok
     assert r.handshake_time == pytest.approx(0.12)  # three round trips of 2 x 20 ms
-    assert (r.handshake_datagrams, r.handshake_bytes) == (6, 478)  # docs/profile.md
+    assert (r.handshake_datagrams, r.handshake_bytes) == (6, 486)  # docs/profile.md: 478 + an 8-byte session ID
     assert r.retransmissions == 0 and r.app_transmissions == 6 and r.duplicate_deliveries == 0
 
 

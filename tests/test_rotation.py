@@ -245,7 +245,8 @@ def test_fallback_to_the_old_key_when_the_gateway_lost_the_rotation(tmp_path: Pa
 
 def test_cpython_main_stores_the_key_in_its_config_file_and_the_wire(tmp_path: Path) -> None:
     with gateway(tmp_path) as gw:
-        cfg = device_config(gw.provision("sensor-1"), host="127.0.0.1", port=gw.port, interval=0.05)
+        # no connection ID: the wire checks below read the content type of each record (a CID hides it)
+        cfg = device_config(gw.provision("sensor-1"), host="127.0.0.1", port=gw.port, interval=0.05, cid=False)
         first = json.loads(cfg.read_text())
         old_psk = bytes.fromhex(first["psk"])
         new_psk = rotate(gw, "sensor-1", grace=3600)["sensor-1"]
