@@ -8,9 +8,9 @@
 # (boards), "ack_timeout", "retransmit_initial", "handshake_timeout", "backoff_max" (seconds), "key" (false: no
 # idempotency key), "old_identity"/"old_psk" (the previous key, kept by a key rotation), "cid" (false: no Connection
 # ID), "rsl" (the record_size_limit advertised, 256), "tickets" (true: resume with a session ticket, RFC 5077; default
-# false: with the session ID, from the gateway's session cache: a smaller ClientHello). The DTLS session is stored in
-# <config>.session after each handshake and resumed at the next boot (docs/micropython.md: it holds the master
-# secret, keep it private).
+# false: with the session ID, from the gateway's session cache: a smaller ClientHello), "session" (the DTLS session,
+# hex, stored here after each handshake and resumed at the next boot; docs/micropython.md: it holds the master
+# secret, like "psk" it must stay private).
 # Every request carries the reading's idempotency key as a Uri-Query option k=<boot>.<seq>: <boot> 8 lowercase hex
 # digits drawn at boot, <seq> the reading's "seq"; a reading resent (a retransmission, a new session, a new attempt)
 # has the same key and payload, so the gateway can drop the duplicates.
@@ -84,7 +84,7 @@ def save_config(cfg):
         return
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        if hasattr(os, "chmod"):  # CPython: private (it holds the key), and on disk before the rename
+        if hasattr(os, "chmod"):  # CPython: private (it holds the key and the session), on disk before the rename
             os.chmod(tmp, 0o600)
         d = {}
         for k in cfg:
@@ -109,7 +109,7 @@ def load_config_dict(cfg):
         if k in ("key", "cid", "tickets"):
             ok = isinstance(v, bool)
         elif k in ("host", "identity", "psk", "path", "old_identity", "old_psk", "method", "wifi_ssid",
-                   "wifi_password"):
+                   "wifi_password", "session"):
             ok = isinstance(v, str)
         else:  # a number in [lo, hi]: an int where lo >= 1
             for n, lo, hi in (("port", 1, 65535), ("mtu", 64, 65535), ("rsl", 64, 16384), ("tries", 1, 1000),
@@ -123,7 +123,7 @@ def load_config_dict(cfg):
             raise ValueError("wrong type for " + k)
     if cfg.get("method", "POST") not in ("POST", "PUT"):
         raise ValueError("method: POST or PUT")
-    for k in ("psk", "old_psk"):
+    for k in ("psk", "old_psk", "session"):
         try:
             if k in cfg:
                 cfg[k + "_bytes"] = unhexlify(cfg[k])
@@ -220,12 +220,7 @@ def _sib(cfg, name):
 
 def new_session(cfg, rand):
     """The coaps.Session of a config: its credential, the previous one as the fallback, the rotation path."""
-    saved = None
-    try:  # the DTLS session stored by an earlier boot (Device.keep): resumed with an abbreviated handshake
-        with open(cfg["_file"] + ".session", "rb") as f:
-            saved = f.read()
-    except (KeyError, OSError):
-        pass
+    saved = cfg.get("session_bytes") or None  # stored by an earlier boot (Device.keep): resumed
     s = coaps.Session(
         cfg["identity"].encode(), cfg["psk_bytes"], rand, mtu=cfg.get("mtu", 512),
         ack_timeout=cfg.get("ack_timeout", coap.ACK_TIMEOUT), retransmit_initial=cfg.get("retransmit_initial", 2.0),
@@ -390,15 +385,16 @@ class Device:
         return s.result
 
     def keep(self):
-        """Store the DTLS session when it changed (a handshake), for the next boot: flash is written once per
-        handshake, not per reading. Not stored: resumed only while this boot lasts."""
+        """Store the DTLS session when it changed (a handshake) in the config file, for the next boot: flash is
+        written once per handshake, not per reading."""
         b = self.session.saved
-        if b != self.saved and "_file" in self.cfg:
+        if b != self.saved:
             self.saved = b
-            try:
-                with open(self.cfg["_file"] + ".session", "wb") as f:
-                    f.write(b or b"")
-            except OSError:
+            self.cfg["session_bytes"] = b
+            self.cfg["session"] = hexlify(b or b"").decode()
+            try:  # noqa: SIM105 - MicroPython has no contextlib
+                save_config(self.cfg)
+            except OSError:  # a full or read-only file system: resumed only while this boot lasts
                 pass
 
     def ask(self, code, path, payload=b"", opts=None):

@@ -230,3 +230,28 @@ def test_revoked_device_cannot_resume(tmp_path: Path) -> None:
 
         assert asyncio.run(again()) not in ("resumed", "full")
         assert readings(gw) == [1]
+
+
+def test_micropython_device_resumes_after_a_gateway_restart(tmp_path: Path) -> None:
+    """micropython/main.py (CPython) with "tickets": true keeps its session in its config file; after a kill -9 of
+    the gateway its next run resumes it (an abbreviated handshake), and its readings are stored."""
+    from gateway_fixtures import device_config, run_device
+
+    gw = Gateway(tmp_path)
+    gw.start()
+    try:
+        cfg = device_config(gw.provision("sensor-1"), host="127.0.0.1", port=gw.port, tickets=True)
+        r = run_device(cfg, 2)
+        assert r.returncode == 0 and r.stdout.split() == ["2.04"] * 2, r.stdout + r.stderr
+        assert handshakes(gw) == [False]
+        assert json.loads(cfg.read_text())["session"]  # the session, kept in the config file
+        assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
+        gw.kill9()
+        gw.start()
+        r = run_device(cfg, 2)
+        assert r.returncode == 0 and r.stdout.split() == ["2.04"] * 2, r.stdout + r.stderr
+        assert handshakes(gw) == [True]
+        assert len(readings(gw)) == 4
+    finally:
+        if gw.proc is not None:
+            gw.proc.stop()
