@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import re
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+# Key files are written like the other secret files: atomically, mode 0600 from the start (a public name here).
+from .secret_files import write_secret_file as write_secret_file
 
 PrivateKey = ec.EllipticCurvePrivateKey
 PublicKey = ec.EllipticCurvePublicKey
@@ -153,12 +155,3 @@ def public_key_pem(key: PublicKey | PrivateKey) -> bytes:
         key = key.public_key()
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
-
-def write_secret_file(path: str | Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600 before any secret byte is written (replacing an existing file)."""
-    p = Path(path)
-    if p.exists():
-        p.unlink()
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
