@@ -3,6 +3,8 @@ PSK and ECDHE-ECDSA sessions; expiry, revocation, a changed key, ticket key rota
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from helpers import (
     CLIENT_ADDR,
@@ -137,7 +139,7 @@ def test_expired_ticket_gets_a_full_handshake() -> None:
                                      ticket_keys=keys)
     clock.t += 601
     # the client still believes in it (its own lifetime is longer): the server refuses, a full handshake follows
-    client = reconnect(pair, Session(**{**_fields(session), "lifetime": 86400.0}), session_tickets=True,
+    client = reconnect(pair, replace(session, lifetime=86400.0), session_tickets=True,
                        wall_time=clock)
     assert client.is_established and not client.resumed
 
@@ -204,7 +206,7 @@ def test_no_extended_master_secret_no_resumption() -> None:
 
 def test_session_without_ems_is_never_offered() -> None:
     pair, session = full_then_resume()
-    weak = Session(**{**_fields(session), "extended_master_secret": False})
+    weak = replace(session, extended_master_secret=False)
     client = reconnect(pair, weak)
     assert client.is_established and not client.resumed
 
@@ -253,13 +255,9 @@ def test_wrong_master_secret_fails_cleanly() -> None:
     """A client with a session whose secret the server does not share (forged ticket contents are impossible;
     here a tampered saved session): the Finished does not verify and the handshake ends with an alert."""
     pair, session = full_then_resume()
-    tampered = Session(**{**_fields(session), "master_secret": bytes(48)})
+    tampered = replace(session, master_secret=bytes(48))
     client = reconnect(pair, tampered)
     assert client.is_closed and not client.is_established
-
-
-def _fields(session: Session) -> dict[str, object]:
-    return {name: getattr(session, name) for name in session.__dataclass_fields__}
 
 
 def test_resume_without_cookie_is_opt_in() -> None:
@@ -268,6 +266,6 @@ def test_resume_without_cookie_is_opt_in() -> None:
     client = reconnect(pair, session)
     assert client.resumed and [len(d) for _, d in pair.wire] == [83, 149, 67]
     # a session the front does not know still goes through the cookie exchange
-    unknown = Session(**{**_fields(session), "session_id": b"\x00" * 8})
+    unknown = replace(session, session_id=b"\x00" * 8)
     client = reconnect(pair, unknown, seed=9)
     assert not client.resumed and [len(d) for _, d in pair.wire][:2] == [83, 44]
