@@ -130,6 +130,10 @@ async def run(args: argparse.Namespace, config: DTLSConfiguration) -> None:
                 text = "new " + text + " (the session at this address goes on)"
             log(f"{where}: {text}")
 
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the socket is bound: whoever sees the port may signal at once
+        loop.add_signal_handler(sig, stop.set)
     try:
         server = await serve(args.host, args.port, config, echo, max_sessions=args.max_sessions,
                              max_handshakes=args.max_handshakes, max_handshakes_per_ip=args.max_handshakes_per_ip,
@@ -141,10 +145,6 @@ async def run(args: argparse.Namespace, config: DTLSConfiguration) -> None:
         raise UsageError(f"cannot bind {args.host}:{args.port}: {exc.strerror}") from None
     server.on_handshake = on_handshake
     host, port = server.address
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # before the ready line: whoever waits for it may signal at once
-        loop.add_signal_handler(sig, stop.set)
     log(f"listening on udp {f'[{host}]' if ':' in host else host}:{port}")
     await stop.wait()
     server.close()
