@@ -73,6 +73,14 @@ class FleetDevice:
             self.clients.append(self.session.conn)
 
         self.session._connect = connect
+        self.renewals = 0  # requests resent on a new session (main.py's stale-session and separate-response rules)
+        renew = self.session._renew
+
+        def renew_counted(now: float) -> None:
+            self.renewals += 1
+            renew(now)
+
+        self.session._renew = renew_counted
         ai = socket.getaddrinfo(self.cfg["host"], self.cfg["port"], 0, socket.SOCK_DGRAM)[0]
         self.sock = socket.socket(ai[0], socket.SOCK_DGRAM)
         self.sock.bind((bind, 0))

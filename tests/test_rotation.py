@@ -363,8 +363,15 @@ def test_rotate_200_devices_while_they_post(tmp_path: Path) -> None:
         gateway_failures = [line for line in gw.proc.stderr.lines if "session or handshake from" in line] \
             if gw.proc else []
         assert failed == 0, [d.failures() for d in devices if d.failures()][:5]
-        assert completed == 2 * n_dev and all(h == (2, 0) for h in hs)  # one on the old key, one on the new
-        assert len(gw.log_events("handshake")) == 2 * n_dev and gateway_failures == []
+        # one handshake on the old key and one on the new; more only where main.py resent a request on a new session
+        # because the gateway stayed silent for 3 ACK timeouts (a loaded CI machine: a slow fsync or a long pause).
+        # Those are counted and bounded; the idempotency key keeps them from storing a reading twice (checked below).
+        renewals = sum(d.renewals for d in devices)
+        assert renewals <= n_dev // 20, renewals
+        odd = [(d.name, d.handshakes(), d.renewals, d.answers[-4:], d.failures()) for d in devices
+               if d.handshakes() != (2 + d.renewals, 0)]
+        assert completed == 2 * n_dev + renewals and odd == [], odd[:5]
+        assert len(gw.log_events("handshake")) == completed and gateway_failures == []
         assert acked <= set(stored), sorted(acked - set(stored))[:10]  # 0 lost acknowledged readings
         assert all(a[1] == "2.04" for d in devices for a in d.answers)
         assert len(stored) == len(set(stored)) == len(acked)  # and none stored twice
@@ -389,8 +396,9 @@ def test_rotate_200_devices_while_they_post(tmp_path: Path) -> None:
             assert fleet.run(lambda: all(d.done() for d in again), 60, ramp=0.5)
         finally:
             fleet.close()
-        assert all(d.session.identity == f"{d.name}#2".encode() and d.handshakes() == (1, 0) and d.lines == []
-                   for d in again)
+        assert all(d.session.identity == f"{d.name}#2".encode() and d.handshakes() == (1 + d.renewals, 0)
+                   and d.lines == [] for d in again)
+        assert sum(d.renewals for d in again) <= n_dev // 20
         reboot = time.monotonic() - t1
         # the old keys are refused
         t2 = time.monotonic()
@@ -400,9 +408,9 @@ def test_rotate_200_devices_while_they_post(tmp_path: Path) -> None:
         refusal = time.monotonic() - t2
         print(f"\nMEASURED rotate {n_dev} devices posting every {interval:g} s: registry.rotate x{n_dev} "
               f"{done['registry']:.2f} s; every device on its new key {last_new:.2f} s after the rotation began "
-              f"(phase {elapsed:.2f} s); handshakes {completed} completed, {failed} failed; readings "
-              f"{len(acked)} acknowledged, {len(stored)} stored, 0 lost, 0 twice; reboot of {n_dev} on the stored "
-              f"keys {reboot:.2f} s; {n_dev} old keys refused (bad_record_mac) in {refusal:.2f} s")
+              f"(phase {elapsed:.2f} s); handshakes {completed} completed ({renewals} after a silence), {failed} "
+              f"failed; readings {len(acked)} acknowledged, {len(stored)} stored, 0 lost, 0 twice; reboot of {n_dev} "
+              f"on the stored keys {reboot:.2f} s; {n_dev} old keys refused (bad_record_mac) in {refusal:.2f} s")
 
 
 # --------------------------------------------------------------------------------------------------
