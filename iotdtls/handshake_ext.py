@@ -24,7 +24,7 @@ from .constants import (
     ExtensionType,
     HandshakeType,
 )
-from .errors import AlertError, DecryptError, HandshakeFailure, IllegalParameter
+from .errors import DecryptError, HandshakeFailure, IllegalParameter
 from .handshake_base import State
 from .handshake_pk import PublicKeyHandshake
 from .messages import (
@@ -42,7 +42,7 @@ from .messages import (
 )
 from .reassembly import CCS, OutMessage
 from .resumption import Session, psk_fingerprint
-from .trust import PeerCredential
+from .trust import PeerCredential, chain_not_after
 
 #: Length of the session IDs a client makes up to recognise an accepted ticket, and a server issues.
 SESSION_ID_LEN = 8
@@ -208,19 +208,19 @@ class ExtensionHandshake(PublicKeyHandshake):
 
     def _credential_still_good(self, session: Session) -> bool:
         """A PSK session resumes only while its identity has the same key (revocation or a new key ends it); a
-        public-key session only while the peer's raw public key is still trusted."""
+        public-key session only while the peer's key is still trusted: pinned or accepted by the trust callback
+        (raw public keys and certificates alike), or a certificate while a CA is trusted."""
         cfg = self._config
         if session.cipher_suite in PSK_SUITES:
             psk = cfg.lookup_psk(session.identity)
             return psk is not None and hmac.compare_digest(psk_fingerprint(psk), session.psk_fingerprint)
-        if session.peer_spki and session.peer_kind == CertificateType.RAW_PUBLIC_KEY:
-            if cfg.trust is None:
-                return False
+        if session.peer_spki and session.peer_kind is not None:
             try:
-                cfg.trust.verify(PeerCredential(CertificateType.RAW_PUBLIC_KEY, session.peer_spki),
-                                 cfg.wall_time())
-            except AlertError:
+                kind = CertificateType(session.peer_kind)
+            except ValueError:
                 return False
+            return cfg.trust is not None and cfg.trust.still_trusts(
+                PeerCredential(kind, session.peer_spki, name=session.peer_name))
         return True
 
     def _server_wants_ticket(self, hello: ClientHello) -> bool:
@@ -286,10 +286,14 @@ class ExtensionHandshake(PublicKeyHandshake):
         lifetime = float(self._ticket_lifetime) if self._ticket_lifetime else cfg.session_lifetime
         if cfg.is_client:
             lifetime = min(lifetime, cfg.session_lifetime)
+        created = float(int(cfg.wall_time()))
+        end = chain_not_after(peer.certificates) if peer is not None and peer.certificates else None
+        if end is not None:  # a session does not outlive the peer's certificates (resumption skips the chain)
+            lifetime = min(lifetime, max(0.0, end - created))
         return Session(
             cipher_suite=self._suite, master_secret=self._master, extended_master_secret=self._use_ems,
             identity=self._identity, session_id=self._session_id if cfg.is_client else b"",
-            ticket=self._ticket, created=float(int(cfg.wall_time())), lifetime=float(int(lifetime)),
+            ticket=self._ticket, created=created, lifetime=float(int(lifetime)),
             psk_fingerprint=psk_fp, peer_kind=int(peer.kind) if peer is not None else None,
             peer_spki=peer.spki if peer is not None else b"", peer_name=peer.name if peer is not None else None)
 

@@ -108,6 +108,20 @@ class TrustStore:
             raise UnknownCA("certificate not issued by a trusted CA and its key is not pinned")
         raise BadCertificate("raw public key is not trusted")
 
+    def still_trusts(self, cred: PeerCredential) -> bool:
+        """For a resumption, which has the peer's key but not its chain: the key is still pinned or accepted by the
+        callback (a revocation in the registry ends resumption at once), or it is a certificate and a CA is trusted
+        (the session does not outlive the chain it was made with: :func:`chain_not_after`)."""
+        if cred.fingerprint in self.pinned:
+            return True
+        if self.callback is not None:
+            try:
+                if self.callback(cred):
+                    return True
+            except Exception:  # a failing registry lookup refuses, as in verify()
+                return False
+        return cred.kind == CertificateType.X509 and bool(self.ca_certificates)
+
     def _verify_chain(self, cred: PeerCredential, wall_time: float) -> None:
         when = datetime.datetime.fromtimestamp(wall_time, datetime.UTC)
         try:
@@ -141,3 +155,15 @@ def _names(cert: x509.Certificate, name: str) -> bool:
     except ValueError:
         return name.lower().rstrip(".") in (d.lower().rstrip(".") for d in san.get_values_for_type(x509.DNSName))
     return ip in san.get_values_for_type(x509.IPAddress)
+
+
+def chain_not_after(certificates: Iterable[bytes]) -> float | None:
+    """The earliest end of validity (POSIX seconds) of a DER chain, or None for no chain or one that does not
+    parse (it was verified before this is asked, unless a pin accepted it)."""
+    ends = []
+    try:
+        for der in certificates:
+            ends.append(x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp())
+    except Exception:  # ValueError and the like: no bound from a malformed chain
+        return None
+    return min(ends) if ends else None

@@ -3,8 +3,12 @@ PSK and ECDHE-ECDSA sessions; expiry, revocation, a changed key, ticket key rota
 
 from __future__ import annotations
 
+import datetime
+import time
+from collections.abc import Callable
 from dataclasses import replace
 
+import pki
 import pytest
 from helpers import (
     CLIENT_ADDR,
@@ -22,11 +26,14 @@ from helpers import (
     server_config,
 )
 
-from iotdtls import DTLSConnection, DTLSServer
-from iotdtls.constants import HandshakeType
+from iotdtls import DTLSConfiguration, DTLSConnection, DTLSServer
+from iotdtls.constants import AlertDescription, CertificateType, ExtensionType, HandshakeType
+from iotdtls.errors import RemoteAlert
 from iotdtls.events import DataReceived, HandshakeCompleted
+from iotdtls.keys import spki_der
+from iotdtls.messages import Extensions
 from iotdtls.resumption import Session, TicketKeys
-from iotdtls.trust import TrustStore
+from iotdtls.trust import PeerCredential, TrustStore
 
 
 class Clock:
@@ -269,3 +276,101 @@ def test_resume_without_cookie_is_opt_in() -> None:
     unknown = replace(session, session_id=b"\x00" * 8)
     client = reconnect(pair, unknown, seed=9)
     assert not client.resumed and [len(d) for _, d in pair.wire][:2] == [83, 44]
+
+
+# -- X.509 sessions: the key judged again at each resumption, and no session outlives its chain ---------------
+
+
+class LegacyX509Client(DTLSConnection):
+    """A client that sends its certificate chain without the client_certificate_type extension (as OpenSSL or
+    GnuTLS do), so the server judges an X.509 chain rather than negotiating a raw public key."""
+
+    def _client_pk_extensions(self) -> Extensions:
+        return [e for e in super()._client_pk_extensions() if e[0] != ExtensionType.CLIENT_CERTIFICATE_TYPE]
+
+
+def x509_client(ca: pki.Issued, cli: pki.Issued, seed: int = 1) -> DTLSConnection:
+    return LegacyX509Client(DTLSConfiguration(
+        is_client=True, random=seeded(seed), private_key=cli.key, certificate_chain=[cli.cert],
+        trust=TrustStore(ca_certificates=[ca.cert], server_name="127.0.0.1")), peer="server")
+
+
+def x509_pair(callback: Callable[[PeerCredential], str | None], client_days: int = 30,
+              client_start: datetime.datetime | None = None) -> tuple[Pair, pki.Issued, pki.Issued]:
+    """Mutual X.509: the client's certificate from a CA the client alone knows; the server judges the client's key
+    with ``callback`` (as the gateway's registry does) and has no CA."""
+    ca = pki.make_ca()
+    srv, cli = pki.issue(ca, "gateway"), pki.issue(ca, "sensor", days=client_days, not_before=client_start)
+    pair = Pair.__new__(Pair)
+    pair.now, pair.wire = 0.0, []
+    pair.client = x509_client(ca, cli)
+    pair.server = DTLSServer(DTLSConfiguration(
+        is_client=False, random=seeded(2), private_key=srv.key, certificate_chain=[srv.cert, ca.cert],
+        trust=TrustStore(callback=callback), require_client_auth=True))
+    return pair, ca, cli
+
+
+def x509_reconnect(pair: Pair, session: Session | None, ca: pki.Issued, cli: pki.Issued,
+                   seed: int) -> DTLSConnection:
+    client = pair.client = x509_client(ca, cli, seed=seed)
+    pair.wire = []
+    client.connect(pair.now, session=session)
+    pair.pump()
+    return client
+
+
+def test_x509_session_resumes_while_the_callback_accepts_the_key() -> None:
+    """A revocation in the registry (the callback refuses the key) ends resumption at once, as for raw keys."""
+    revoked: set[bytes] = set()
+    seen: list[str | None] = []
+
+    def judge(cred: PeerCredential) -> str | None:
+        seen.append(cred.name)
+        return None if cred.fingerprint in revoked else "sensor-1"
+
+    pair, ca, cli = x509_pair(judge)
+    pair.handshake()
+    session = pair.client.session
+    assert session is not None and not pair.client.resumed
+    peer = pair.server_conn.peer_credential
+    assert peer is not None and peer.kind is CertificateType.X509 and len(peer.certificates) == 1
+    client = x509_reconnect(pair, session, ca, cli, seed=9)
+    assert client.resumed and pair.server_conn.resumed
+    assert pair.server_conn.peer_credential is not None and pair.server_conn.peer_credential.name == "sensor-1"
+    revoked.add(pair.server_conn.peer_credential.fingerprint)
+    client = x509_reconnect(pair, session, ca, cli, seed=10)
+    assert not client.resumed and not client.is_established  # a full handshake, refused
+    assert isinstance(client.error, RemoteAlert) and client.error.description == AlertDescription.unknown_ca
+
+
+def test_x509_session_does_not_outlive_the_certificates() -> None:
+    """The client's certificate ends in about two hours: the server's session (and the client's, bounded by the
+    server's chain the same way) may be resumed for no longer, though session_lifetime is a day."""
+    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=22)
+    pair, _, cli = x509_pair(lambda cred: "sensor-1", client_days=1, client_start=start)
+    pair.handshake()
+    cache = pair.server.session_cache
+    assert cache is not None and pair.client.session is not None
+    server_session = cache.get(pair.client.session.session_id, time.time())
+    assert server_session is not None
+    left = cli.cert.not_valid_after_utc.timestamp() - server_session.created
+    assert left - 1 <= server_session.lifetime <= left < 2.1 * 3600
+    assert pair.client.session.lifetime == 86400.0  # the server's own certificate lasts 30 days
+
+
+def test_trust_store_still_trusts() -> None:
+    key = p256_key("client")
+    rpk = PeerCredential(CertificateType.RAW_PUBLIC_KEY, spki_der(key))
+    cert = PeerCredential(CertificateType.X509, spki_der(key))
+    ca = pki.make_ca()
+    assert TrustStore.of([pin_of(key)]).still_trusts(rpk) and TrustStore.of([pin_of(key)]).still_trusts(cert)
+    assert not TrustStore.of([pin_of(p256_key("other"))]).still_trusts(rpk)
+    assert TrustStore(callback=lambda c: "n").still_trusts(rpk)
+    assert not TrustStore(callback=lambda c: None).still_trusts(rpk)
+
+    def broken(c: PeerCredential) -> str:
+        raise RuntimeError("registry down")
+
+    assert not TrustStore(callback=broken).still_trusts(cert)
+    assert TrustStore.of(cas=[ca.cert]).still_trusts(cert) and not TrustStore.of(cas=[ca.cert]).still_trusts(rpk)
+    assert not TrustStore().still_trusts(cert)
