@@ -66,14 +66,14 @@ async def printer(session: ClientSession) -> None:
 
 
 async def run(args: argparse.Namespace, config: DTLSConfiguration) -> int:
-    offer = load_session(args.session) if args.session else None
+    offer = load_session(PROG, args.session) if args.session else None
     try:
         session = await connect(args.host, args.port, config, on_progress=progress_printer(PROG, args),
                                 session=offer)
     except (DTLSError, OSError) as exc:
         fail(describe_error(exc), 1, "iotdtls-client")
     if args.session:
-        report_session(args.session, session, offer)
+        report_session(PROG, args.session, session.resumed, session.session, offer)
     loop = asyncio.get_running_loop()
     reader = asyncio.ensure_future(printer(session))
     status = 0

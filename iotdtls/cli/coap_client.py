@@ -12,17 +12,22 @@ from typing import Any
 
 import aiocoap
 from aiocoap.credentials import CredentialsLoadError
+from aiocoap.numbers import COAPS_PORT
+from aiocoap.util import hostportsplit
 
 from ..coap import client_context
 from ..coap.credentials import load_credentials
 from ..config import DTLSConfiguration
+from ..resumption import Session
 from .common import (
     ToolParser,
     UsageError,
     add_standard,
+    cid_length,
     describe_error,
     int_range,
     mtu_type,
+    record_size_limit,
     run_tool,
     seconds,
     setup_logging,
@@ -30,6 +35,7 @@ from .common import (
 )
 from .progress import progress_printer
 from .runtime import StdoutClosed, silence_stdout
+from .session_file import load_session, report_session
 
 PROG = "iotdtls-coap-client"
 
@@ -44,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--observe-count", type=int_range(0), default=0, metavar="N",
                    help="stop after N notifications (default 0: never)")
     p.add_argument("--mtu", type=mtu_type(), default=None, help="DTLS datagram budget in bytes (default 512)")
+    p.add_argument("--cid", type=cid_length, metavar="N",
+                   help="DTLS connection ID (RFC 9146): ask the server to send a CID of N bytes (0-20; 0: send one "
+                   "if the server wants it, need none); default: no connection ID")
+    p.add_argument("--record-size-limit", type=record_size_limit, metavar="BYTES",
+                   help="RFC 8449: the largest DTLS record plaintext to accept (64-16384); default: not sent")
+    p.add_argument("--session", metavar="FILE",
+                   help="DTLS session resumption: offer the session saved in FILE (if it exists), and save this one "
+                   "there after the request (mode 0600: it holds the session's master secret)")
     p.add_argument("--timeout", type=seconds, default=120.0, metavar="S", help="give up after S seconds")
     p.add_argument("uri", help="coap://HOST[:PORT]/PATH or coaps://HOST[:PORT]/PATH")
     add_standard(p)
@@ -57,6 +71,15 @@ def check_scheme(uri: str) -> None:
         raise UsageError(f"{uri}: not a URI: use coap://HOST/PATH or coaps://HOST/PATH")
     if scheme.lower() not in ("coap", "coaps"):
         raise UsageError(f"unsupported scheme {scheme}: use coap:// or coaps://")
+
+
+def _server(uri: str) -> tuple[str, int] | None:
+    """The (host, port) a coaps:// URI names, as the transport keys its sessions; None for coap://."""
+    scheme, _, rest = uri.partition("://")
+    if scheme.lower() != "coaps":
+        return None
+    host, port = hostportsplit(rest.split("/", 1)[0].split("?", 1)[0])
+    return host, port or COAPS_PORT
 
 
 def _method(text: str) -> Any:
@@ -117,8 +140,20 @@ async def run(args: argparse.Namespace) -> int:
     config = DTLSConfiguration()
     if args.mtu is not None:
         config.mtu = args.mtu
+    if args.cid is not None:
+        config.cid_length = args.cid
+    if args.record_size_limit is not None:
+        config.record_size_limit = args.record_size_limit
+    sessions: dict[tuple[str, int], Session] = {}
+    offer = None
+    if args.session:
+        config.session_tickets = True  # a ticket survives a server restart; a cached session ID does not
+        offer = load_session(PROG, args.session)
+        server = _server(args.uri)
+        if offer is not None and server is not None:
+            sessions[server] = offer
     ctx = await client_context(credentials, config=config,
-                               on_progress=progress_printer("iotdtls-coap-client", args))
+                               on_progress=progress_printer("iotdtls-coap-client", args), sessions=sessions)
     try:
         try:
             request = aiocoap.Message(code=method, uri=args.uri, payload=_payload(args.payload))
@@ -131,6 +166,9 @@ async def run(args: argparse.Namespace) -> int:
             request.opt.observe = 0
         req = ctx.request(request)
         response = await asyncio.wait_for(req.response, args.timeout)
+        conn = getattr(response.remote, "connection", None)  # the DTLS connection of a coaps:// response
+        if args.session and conn is not None:
+            report_session(PROG, args.session, conn.resumed, conn.session, offer)
         if not response.code.is_successful():
             print(f"iotdtls-coap-client: {response.code.dotted} {response.code.name_printable}"
                   + (f": {response.payload.decode(errors='replace')}" if response.payload else ""), file=sys.stderr)

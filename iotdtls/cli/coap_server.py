@@ -28,6 +28,7 @@ from .common import (
     ToolParser,
     UsageError,
     add_standard,
+    cid_length,
     int_range,
     is_quiet,
     mtu_type,
@@ -140,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--credentials", required=True, metavar="FILE",
                    help="aiocoap credentials JSON (dtls PSK entries and/or iotdtls-rpk entries)")
     p.add_argument("--mtu", type=mtu_type(), default=None, help="datagram budget in bytes (default 512)")
+    p.add_argument("--cid", type=cid_length, metavar="N",
+                   help="DTLS connection ID (RFC 9146): give each client that asks a CID of N bytes (0-20), so its "
+                   "session survives a new address; default: no connection ID")
     p.add_argument("--idle-timeout", type=non_negative_float, default=None, metavar="S",
                    help="close idle sessions after S seconds (default 86400, 0: never)")
     p.add_argument("--require-client-auth", action="store_true",
@@ -192,6 +196,7 @@ async def run(args: argparse.Namespace) -> None:
                                require_client_auth=args.require_client_auth)
     if args.mtu is not None:
         config.mtu = args.mtu
+    config.cid_length = args.cid
     try:
         ctx = await server_context(build_site(args.observe_interval, on_stdout_closed),
                                    (host, COAPS_PORT if port is None else port), credentials,

@@ -21,7 +21,7 @@ from aiocoap.tokenmanager import TokenManager
 from ..aio.liveness import ProgressCallback
 from ..aio.sockbuf import DEFAULT_RECEIVE_BUFFER
 from ..config import DTLSConfiguration
-from ..resumption import TicketKeys
+from ..resumption import Session, TicketKeys
 from .client import ClientSession, IotdtlsClientTransport
 from .credentials import RawPublicKeyCredential, load_credentials, register, server_config
 from .limits import KIB, MIB, ServerLimits
@@ -37,13 +37,16 @@ Credentials = Any
 
 async def client_context(credentials: Credentials = None, *, config: DTLSConfiguration | None = None,
                          plain_udp: bool = True, loggername: str = "coap",
-                         on_progress: ProgressCallback | None = None) -> Context:
+                         on_progress: ProgressCallback | None = None,
+                         sessions: dict[tuple[str, int], Session] | None = None) -> Context:
     """An aiocoap client context: ``coaps://`` over iotdtls (and ``coap://`` over UDP unless ``plain_udp`` is
     False). ``credentials`` is aiocoap's credentials map, as a CredentialsMap, a dict or a JSON file name.
     ``config`` gives DTLS settings (mtu, timers, idle_timeout); credentials come from the map per request.
     A ``coaps://`` request to a port where nothing listens fails with an ``aiocoap.error.NetworkError`` whose
     ``__cause__`` is :class:`~iotdtls.errors.ConnectionRefused`, after one DTLS or CoAP retransmission.
-    ``on_progress`` is called with a line per handshake retransmission (default: logged on ``iotdtls.aio``)."""
+    ``on_progress`` is called with a line per handshake retransmission (default: logged on ``iotdtls.aio``).
+    ``sessions`` maps (host, port) to the DTLS session a handshake there offers for resumption; the transport
+    keeps it up to date (the last resumable session per server), so a caller can save it and pass it again."""
     register()
     base = config or DTLSConfiguration()
     ctx = Context(loop=asyncio.get_running_loop(), serversite=None, loggername=loggername,
@@ -51,7 +54,7 @@ async def client_context(credentials: Credentials = None, *, config: DTLSConfigu
     log = logging.getLogger(loggername + ".iotdtls")
 
     async def make(mman: Any) -> IotdtlsClientTransport:
-        return IotdtlsClientTransport(mman, base, log, on_progress)
+        return IotdtlsClientTransport(mman, base, log, on_progress, sessions)
 
     await ctx._append_tokenmanaged_messagemanaged_transport(make)
     if plain_udp:

@@ -1,5 +1,6 @@
 """The client half of the aiocoap transport: one DTLS session per (host, port, credentials), reused across
 requests, re-handshaken when it fails or when the peer stops answering (a restarted server has forgotten it).
+A new handshake offers the last session to that (host, port) for resumption (:attr:`IotdtlsClientTransport.sessions`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from aiocoap.util import hostportjoin, hostportsplit
 from ..aio.liveness import HandshakeProgress, ProgressCallback, RefusalCounter, log
 from ..config import DTLSConfiguration
 from ..connection import DTLSConnection
-from ..errors import ConnectionRefused, DTLSError
+from ..errors import AlertError, ConnectionRefused, DTLSError
 from ..events import ConnectionTerminated, DataReceived, HandshakeCompleted
+from ..resumption import Session
 from .credentials import client_config
 from .hostinfo import local_hostinfo
 from .sizing import block_size_exp_for_mtu
@@ -73,6 +75,15 @@ class ClientSession(interfaces.EndpointAddress, asyncio.DatagramProtocol):  # ty
         self._refusals = RefusalCounter(config.retransmit_initial / 2)
         self._progress = HandshakeProgress(host, port, config, transport.on_progress)
         self.maximum_block_size_exp = block_size_exp_for_mtu(config.mtu)
+
+    def _offer(self) -> Session | None:
+        """The session to offer for an abbreviated handshake: the last one to this (host, port), if it was made
+        with this PSK identity (a public-key session: with whatever key the config has)."""
+        session = self._owner.sessions.get((self._host, self._port))
+        identity = self._config.psk_identity
+        if session is None or (identity is not None and session.identity != identity):
+            return None
+        return session
 
     # -- EndpointAddress -------------------------------------------------------------------------
     @property
@@ -146,7 +157,7 @@ class ClientSession(interfaces.EndpointAddress, asyncio.DatagramProtocol):  # ty
             if self._opening is None or self._opening.done():
                 self._opening = asyncio.ensure_future(self._open())
         else:
-            self._conn.connect(now)
+            self._conn.connect(now, session=self._offer())
             self._flush(now)
 
     async def _open(self) -> None:
@@ -161,7 +172,7 @@ class ClientSession(interfaces.EndpointAddress, asyncio.DatagramProtocol):  # ty
         self._udp = transport  # type: ignore[assignment]
         now = asyncio.get_running_loop().time()
         if self._conn is not None and self._conn.state.name == "CLIENT_START":
-            self._conn.connect(now)
+            self._conn.connect(now, session=self._offer())
         self._flush(now)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
@@ -203,6 +214,10 @@ class ClientSession(interfaces.EndpointAddress, asyncio.DatagramProtocol):  # ty
                 self._owner.received(self, event.data)
             elif isinstance(event, HandshakeCompleted):
                 self._last_heard = now
+                if conn.session is not None:  # kept for the next handshake to this (host, port)
+                    self._owner.sessions[(self._host, self._port)] = conn.session
+                elif not conn.resumed:
+                    self._owner.sessions.pop((self._host, self._port), None)
                 queued, self._queue = self._queue, []
                 for data in queued:
                     conn.send(data)
@@ -237,6 +252,8 @@ class ClientSession(interfaces.EndpointAddress, asyncio.DatagramProtocol):  # ty
         self._flush(now)
 
     def _connection_ended(self, conn: DTLSConnection, exc: Exception | None) -> None:
+        if isinstance(exc, AlertError):  # a session ended by a fatal alert is not resumed (RFC 5246 7.2.2)
+            self._owner.sessions.pop((self._host, self._port), None)
         if conn is not self._conn:
             return
         self._conn = None
@@ -266,12 +283,16 @@ class IotdtlsClientTransport(interfaces.MessageInterface):  # type: ignore[misc]
     """aiocoap MessageInterface for ``coaps://`` requests over iotdtls."""
 
     def __init__(self, mman: Any, base: DTLSConfiguration, log: logging.Logger,
-                 on_progress: ProgressCallback | None = None) -> None:
+                 on_progress: ProgressCallback | None = None,
+                 sessions: dict[tuple[str, int], Session] | None = None) -> None:
         self._mman = mman
         self._base = base
         self.log = log
         #: Called with a line per handshake retransmission (None: logged at INFO on ``iotdtls.aio``).
         self.on_progress = on_progress
+        #: The last resumable session per (host, port), offered by the next handshake there; updated as
+        #: handshakes complete, dropped after a fatal alert. Secret, like a key.
+        self.sessions: dict[tuple[str, int], Session] = sessions if sessions is not None else {}
         self._pool: dict[tuple[str, int, int], ClientSession] = {}
         self._shutting_down = False
 
