@@ -230,6 +230,26 @@ def test_iotdtls_client_to_libcoap_server(libcoap_psk_server: str, tmp_path: Pat
     assert get.returncode == 0 and get.stdout == b"hello from iotdtls\n", client_transcript(get)
 
 
+def test_iotdtls_client_session_file_with_libcoap_server(libcoap_psk_server: str, tmp_path: Path,
+                                                         request: pytest.FixtureRequest) -> None:
+    """iotdtls-coap-client --session twice: coap-server-openssl resumes the session (OpenSSL's server session
+    cache); coap-server-gnutls keeps no sessions (libcoap sets up no GnuTLS session store or ticket key), so the
+    second run says so and makes a full handshake. Both answer."""
+    uri = libcoap_psk_server
+    creds = str(write_json(tmp_path / "client.json", {f"{uri}/*": psk_entry()}))
+    session = str(tmp_path / "session.bin")
+    said = []
+    for _ in range(2):
+        r = coap_client("--credentials", creds, "--session", session, f"{uri}/time")
+        assert r.returncode == 0 and r.stdout.strip(), client_transcript(r)
+        said.append(r.stderr.decode().strip())
+    assert said[0] == "iotdtls-coap-client: full handshake"
+    resumed = "iotdtls-coap-client: session resumed (abbreviated handshake)"
+    refused = "iotdtls-coap-client: full handshake: the server did not resume the saved session"
+    tls = request.node.callspec.params["libcoap_psk_server"]
+    assert said[1] == (resumed if tls == "openssl" else refused), said
+
+
 def test_iotdtls_client_blockwise_to_libcoap_server(libcoap_psk_server: str, tmp_path: Path) -> None:
     # --mtu 256 leaves room for 128-byte blocks: 3,000 bytes go as 24 Block1 blocks and come back as 24 Block2
     uri = libcoap_psk_server
