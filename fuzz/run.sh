@@ -23,7 +23,7 @@ declare -A MODULES=(
     [fuzz_handshake_messages]="iotdtls/messages.py,iotdtls/pkmessages.py,iotdtls/reassembly.py,iotdtls/buffer.py,iotdtls/handshake_ext.py"
     [fuzz_server]="iotdtls/server.py,iotdtls/fairness.py,iotdtls/connection.py,iotdtls/handshake.py,iotdtls/handshake_pk.py,iotdtls/handshake_ext.py,iotdtls/transport.py,iotdtls/cookie.py,iotdtls/cid_routes.py"
     [fuzz_client]="iotdtls/connection.py,iotdtls/handshake.py,iotdtls/handshake_pk.py,iotdtls/handshake_ext.py,iotdtls/transport.py,iotdtls/reassembly.py"
-    [fuzz_resumption]="iotdtls/resumption.py"
+    [fuzz_resumption]="iotdtls/sessions.py,iotdtls/tickets.py"
 )
 
 if [ -z "${IOTDTLS_NO_ATHERIS:-}" ] && "$PY" -c 'import atheris' 2>/dev/null; then
