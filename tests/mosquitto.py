@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -35,11 +36,39 @@ from peers import LOCALHOST, mosquitto_binary
 DEFAULT_TIMEOUT = 10.0
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_tcp_port() -> int:
+    """A TCP port free on 127.0.0.1, below the kernel's ephemeral range when it can be. A broker restarted on its
+    port during an outage must find it free: a port from the ephemeral range can meanwhile be the source port of
+    some connection, even of a client's own reconnect attempt to it (a TCP self-connect), and the restart then
+    fails with "Address already in use"."""
+    low = _ephemeral_low()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, low) if low > 11000 else 0
+        if port in _HANDED_OUT:  # never the same port twice in one test run (a broker's listeners, two brokers)
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((LOCALHOST, port))
+            except OSError:
+                continue
+            found: int = sock.getsockname()[1]
+            _HANDED_OUT.add(found)
+            return found
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOCALHOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        any_port: int = sock.getsockname()[1]
+        return any_port
 
 
 def _listening(port: int) -> bool:
