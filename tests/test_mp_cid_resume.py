@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from mp_cid_server import CidServer
 from peers import require_peer
-from test_mp_dtls import ADDR, KEY, Net, _rand, dtls
+from test_mp_dtls import ADDR, KEY, Net, _exchange, _rand, dtls
 
 from iotdtls import DTLSConfiguration, DTLSServer
 from iotdtls.resumption import TicketKeys
@@ -130,12 +130,7 @@ def test_cid_flavours(server_cid: int | None, client_cid: bytes | None) -> None:
         assert c.pcid is None
     else:
         assert c.pcid == conn.connection_id and conn.peer_connection_id == client_cid
-    c.send(b"up")
-    net.pump()
-    assert net.server_data == [b"up"]
-    net.server.send(ADDR, b"down")
-    net.pump()
-    assert c.recv() == [b"down"]
+    _exchange(net)
 
 
 def test_record_overflow_is_fatal() -> None:
