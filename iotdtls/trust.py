@@ -91,6 +91,19 @@ class TrustStore:
 
     def verify(self, cred: PeerCredential, wall_time: float) -> PeerCredential:
         """Return ``cred`` (possibly named by the callback) if trusted; raise the alert to send otherwise."""
+        judged = self._by_key(cred)
+        if judged is not None:
+            return judged
+        if cred.kind == CertificateType.X509 and self.ca_certificates:
+            self._verify_chain(cred, wall_time)
+            return cred
+        if cred.kind == CertificateType.X509:
+            raise UnknownCA("certificate not issued by a trusted CA and its key is not pinned")
+        raise BadCertificate("raw public key is not trusted")
+
+    def _by_key(self, cred: PeerCredential) -> PeerCredential | None:
+        """``cred`` (named by the callback, if it gave a name) when its key is pinned or the callback accepts it;
+        None when neither; BadCertificate when the callback fails."""
         if cred.fingerprint in self.pinned:
             return cred
         if self.callback is not None:
@@ -101,25 +114,17 @@ class TrustStore:
             if verdict:
                 return cred if verdict is True else PeerCredential(cred.kind, cred.spki, cred.certificates,
                                                                    str(verdict))
-        if cred.kind == CertificateType.X509 and self.ca_certificates:
-            self._verify_chain(cred, wall_time)
-            return cred
-        if cred.kind == CertificateType.X509:
-            raise UnknownCA("certificate not issued by a trusted CA and its key is not pinned")
-        raise BadCertificate("raw public key is not trusted")
+        return None
 
     def still_trusts(self, cred: PeerCredential) -> bool:
         """For a resumption, which has the peer's key but not its chain: the key is still pinned or accepted by the
         callback (a revocation in the registry ends resumption at once), or it is a certificate and a CA is trusted
         (the session does not outlive the chain it was made with: :func:`chain_not_after`)."""
-        if cred.fingerprint in self.pinned:
-            return True
-        if self.callback is not None:
-            try:
-                if self.callback(cred):
-                    return True
-            except Exception:  # a failing registry lookup refuses, as in verify()
-                return False
+        try:
+            if self._by_key(cred) is not None:
+                return True
+        except BadCertificate:  # the callback failed: refused, as in verify()
+            return False
         return cred.kind == CertificateType.X509 and bool(self.ca_certificates)
 
     def _verify_chain(self, cred: PeerCredential, wall_time: float) -> None:
