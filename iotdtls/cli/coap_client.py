@@ -12,10 +12,9 @@ from typing import Any
 
 import aiocoap
 from aiocoap.credentials import CredentialsLoadError
-from aiocoap.numbers import COAPS_PORT
-from aiocoap.util import hostportsplit
 
 from ..coap import client_context
+from ..coap.client import server_of
 from ..coap.credentials import load_credentials
 from ..config import DTLSConfiguration
 from ..resumption import Session
@@ -71,15 +70,6 @@ def check_scheme(uri: str) -> None:
         raise UsageError(f"{uri}: not a URI: use coap://HOST/PATH or coaps://HOST/PATH")
     if scheme.lower() not in ("coap", "coaps"):
         raise UsageError(f"unsupported scheme {scheme}: use coap:// or coaps://")
-
-
-def _server(uri: str) -> tuple[str, int] | None:
-    """The (host, port) a coaps:// URI names, as the transport keys its sessions; None for coap://."""
-    scheme, _, rest = uri.partition("://")
-    if scheme.lower() != "coaps":
-        return None
-    host, port = hostportsplit(rest.split("/", 1)[0].split("?", 1)[0])
-    return host, port or COAPS_PORT
 
 
 def _method(text: str) -> Any:
@@ -144,21 +134,20 @@ async def run(args: argparse.Namespace) -> int:
         config.cid_length = args.cid
     if args.record_size_limit is not None:
         config.record_size_limit = args.record_size_limit
+    try:
+        request = aiocoap.Message(code=method, uri=args.uri, payload=_payload(args.payload))
+    except ValueError as exc:
+        raise UsageError(f"{args.uri}: {exc}") from None
     sessions: dict[tuple[str, int], Session] = {}
     offer = None
     if args.session:
         config.session_tickets = True  # a ticket survives a server restart; a cached session ID does not
         offer = load_session(PROG, args.session)
-        server = _server(args.uri)
-        if offer is not None and server is not None:
-            sessions[server] = offer
+        if offer is not None and request.requested_scheme == "coaps":
+            sessions[server_of(request)] = offer
     ctx = await client_context(credentials, config=config,
                                on_progress=progress_printer("iotdtls-coap-client", args), sessions=sessions)
     try:
-        try:
-            request = aiocoap.Message(code=method, uri=args.uri, payload=_payload(args.payload))
-        except ValueError as exc:
-            raise UsageError(f"{args.uri}: {exc}") from None
         cf = _content_format(args.content_format)
         if cf is not None:
             request.opt.content_format = cf

@@ -279,6 +279,16 @@ class ClientSession(interfaces.EndpointAddress, asyncio.DatagramProtocol):  # ty
             self._udp.close()
 
 
+def server_of(request: Any) -> tuple[str, int]:
+    """The (host, port) a coaps:// request goes to: how the transport keys its sessions (``sessions``)."""
+    if request.unresolved_remote:
+        host, port = hostportsplit(request.unresolved_remote)
+        return host, port or COAPS_PORT
+    if request.opt.uri_host:
+        return request.opt.uri_host, request.opt.uri_port or COAPS_PORT
+    raise ValueError("No location found to send message to (neither in .opt.uri_host nor in .remote)")
+
+
 class IotdtlsClientTransport(interfaces.MessageInterface):  # type: ignore[misc]
     """aiocoap MessageInterface for ``coaps://`` requests over iotdtls."""
 
@@ -301,13 +311,7 @@ class IotdtlsClientTransport(interfaces.MessageInterface):  # type: ignore[misc]
             return None
         if self._shutting_down:
             raise error.LibraryShutdown
-        if request.unresolved_remote:
-            host, port = hostportsplit(request.unresolved_remote)
-            port = port or COAPS_PORT
-        elif request.opt.uri_host:
-            host, port = request.opt.uri_host, request.opt.uri_port or COAPS_PORT
-        else:
-            raise ValueError("No location found to send message to (neither in .opt.uri_host nor in .remote)")
+        host, port = server_of(request)
         credential = self._mman.token_manager.context.client_credentials.credentials_from_request(request)
         key = (host, port, id(credential))
         session = self._pool.get(key)
